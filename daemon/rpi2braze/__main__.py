@@ -1,0 +1,3 @@
+from rpi2braze.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Structured logging: JSON lines on stdout (journald) or a console renderer on a terminal.
+
+Log events are snake_case with bound context: `log.info("batch_delivered", workflow_id=..., rows=...)`.
+Secrets are `Secret` values, whose repr is '***', so they cannot leak through a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+import structlog
+
+
+def configure(level: str = "info", fmt: str = "json") -> None:
+    """Set up structlog once for the process. `fmt` is "json" or "console"."""
+    renderer = (
+        structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode())
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name)

@@ -1,0 +1,146 @@
+"""The values that cross module boundaries. All frozen; states are str Enums."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class ChannelMode(StrEnum):
+    """What an RPI channel does to Braze profiles."""
+
+    UPSERT = "upsert"  # create or update: _update_existing_only false
+    APPEND = "append"  # update existing profiles only: _update_existing_only true
+
+
+class WorkflowStatus(StrEnum):
+    PENDING = "pending"          # seen, complete, waiting for a worker or for Braze
+    IN_PROGRESS = "in_progress"  # a worker is delivering it
+    DELIVERED = "delivered"      # every batch acknowledged
+    FAILED = "failed"            # delivery stopped with a reason; `retry` re-queues it
+    QUARANTINED = "quarantined"  # the export could not be read; a reason file says why
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One directory entry as a source lists it."""
+
+    name: str
+    is_dir: bool
+    size: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class WorkflowKey:
+    """What identifies one workflow delivery: the same ID under two sources is two workflows."""
+
+    source: str
+    channel: str
+    offer: str
+    workflow_id: str
+
+    @property
+    def relpath(self) -> str:
+        """The folder below the source's base, always with forward slashes."""
+        return f"{self.channel}/{self.offer}/{self.workflow_id}"
+
+
+@dataclass(frozen=True)
+class ExportFolder:
+    """A complete workflow folder, ready to be delivered."""
+
+    key: WorkflowKey
+    mode: ChannelMode
+    data_files: tuple[FileEntry, ...]
+    location: str  # human-readable: local path or sftp://host/path, for logs and status
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One record of an export file: `line` is the 1-based line where it starts.
+
+    `error` is set when the reader could not parse the record; `values` is then empty.
+    """
+
+    line: int
+    values: tuple[str, ...]
+    error: str | None = None
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A row that will not reach Braze, and why."""
+
+    row: RawRow
+    reason: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One /users/track request's worth of attribute objects.
+
+    `objects[i]` was built from the rows `rows[i]` (several rows when one user appears twice).
+    `number` is deterministic for a given file and partition count, so a restart can skip
+    batches the state file says were acknowledged.
+    """
+
+    key: WorkflowKey
+    number: int
+    partition: int
+    objects: tuple[dict, ...]
+    rows: tuple[tuple[RawRow, ...], ...]
+    size_bytes: int
+
+    @property
+    def row_count(self) -> int:
+        return sum(len(rows) for rows in self.rows)
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """What happened to one batch: rows acknowledged by Braze and rows rejected."""
+
+    key: WorkflowKey
+    number: int
+    rows_delivered: int
+    rejections: tuple[Rejection, ...] = ()
+    requests: int = 1
+
+
+@dataclass(frozen=True)
+class WorkflowRecord:
+    """One workflow as the state file holds it."""
+
+    key: WorkflowKey
+    status: WorkflowStatus
+    location: str
+    rows_delivered: int = 0
+    rows_rejected: int = 0
+    batches_acked: int = 0
+    reason: str = ""
+    first_seen: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float = 0.0
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def as_json(self) -> dict:
+        """The `status --json` shape: the contract's keys first, then the rest."""
+        return {
+            "workflow_id": self.key.workflow_id,
+            "channel": self.key.channel,
+            "offer": self.key.offer,
+            "status": str(self.status),
+            "rows_delivered": self.rows_delivered,
+            "rows_rejected": self.rows_rejected,
+            "source": self.key.source,
+            "location": self.location,
+            "batches_acked": self.batches_acked,
+            "reason": self.reason,
+            "first_seen": self.first_seen,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "updated_at": self.updated_at,
+        }
