@@ -84,6 +84,8 @@ class Batch:
     `objects[i]` was built from the rows `rows[i]` (several rows when one user appears twice).
     `number` is deterministic for a given file and partition count, so a restart can skip
     batches the state file says were acknowledged.
+    `rejected` holds rows refused before sending (by the mapper or the batcher), attached to the
+    next batch emitted so they are recorded with it; a batch may carry only rejections.
     """
 
     key: WorkflowKey
@@ -92,6 +94,7 @@ class Batch:
     objects: tuple[dict, ...]
     rows: tuple[tuple[RawRow, ...], ...]
     size_bytes: int
+    rejected: tuple[Rejection, ...] = ()
 
     @property
     def row_count(self) -> int:

@@ -1,0 +1,216 @@
+"""Turn a stream of mapped rows into /users/track batches, one object per user per request.
+
+Every row of one external_id lands in the same partition (a stable hash), and each partition
+is delivered by one sender, so a later row for a user is never overtaken by an earlier one.
+Within a partition's open batch a second row for a user is merged into that user's object.
+Only the open batches are held: at most partitions x max_objects objects.
+
+Rejected rows travel with the next batch emitted (`Batch.rejected`), so every input row ends up
+in exactly one batch, in `rows` or in `rejected`, in the same place on every run.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Iterable, Iterator, Sequence
+
+import orjson
+
+from rpi2braze.model import Batch, RawRow, Rejection, WorkflowKey
+
+# encode_body writes b'{"attributes":[' + objects joined by b',' + b']}'; the batcher counts
+# sizes from these parts instead of encoding the whole batch again for every row.
+_BODY_ENVELOPE_BYTES = len(b'{"attributes":[]}')
+_ARRAY_OPERATIONS = frozenset({"add", "remove"})
+
+
+def partition_of(external_id: str, partitions: int) -> int:
+    """Given an external_id and a partition count, return its partition in [0, partitions).
+
+    Stable across processes and runs: CRC-32 of the UTF-8 bytes, because Python's str hash is
+    salted per process. Raise ValueError if partitions < 1.
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be >= 1, got {partitions}")
+    return zlib.crc32(external_id.encode("utf-8")) % partitions
+
+
+def merge_objects(earlier: dict, later: dict) -> dict:
+    """Given two attributes objects for one user (earlier row first), return a new merged one.
+
+    Array operations ({"add": [...]}, {"remove": [...]}) accumulate, earlier values first,
+    without duplicates. Other nested objects (rpi_cdp_attributes) merge deeply: later keys
+    override, earlier keys are kept. Every other field, `_update_existing_only` and
+    `_merge_objects` included, takes the later value. Neither input is changed.
+    """
+    merged = dict(earlier)
+    for name, value in later.items():
+        previous = merged.get(name)
+        if isinstance(previous, dict) and isinstance(value, dict):
+            merged[name] = _merge_nested(previous, value)
+        else:
+            merged[name] = value
+    return merged
+
+
+def _merge_nested(earlier: dict, later: dict) -> dict:
+    if _is_array_operation(earlier) and _is_array_operation(later):
+        accumulated = dict(earlier)
+        for operation, values in later.items():
+            # dict.fromkeys keeps first-seen order, so earlier values stay first
+            accumulated[operation] = list(dict.fromkeys([*accumulated.get(operation, ()), *values]))
+        return accumulated
+    return merge_objects(earlier, later)
+
+
+def _is_array_operation(value: dict) -> bool:
+    return bool(value) and value.keys() <= _ARRAY_OPERATIONS and all(
+        isinstance(values, list) for values in value.values()
+    )
+
+
+def encode_body(objects: Sequence[dict]) -> bytes:
+    """Return the /users/track request body for these attributes objects."""
+    return orjson.dumps({"attributes": list(objects)})
+
+
+def build_batches(
+    items: Iterable[tuple[RawRow, dict] | Rejection],
+    key: WorkflowKey,
+    partitions: int,
+    max_objects: int,
+    max_bytes: int,
+) -> Iterator[Batch]:
+    """Given mapped rows and rejections in file order, return an iterator of batches.
+
+    A partition's open batch is emitted when a new user would make it exceed `max_objects`, or
+    when adding or merging an object would make its body exceed `max_bytes`; at the end the
+    remaining open batches follow in partition order. Batch numbers count 0, 1, 2, ... in
+    emission order. Rejections, including objects too big for any request, are attached to the
+    next batch emitted; if none follows, a last batch without objects carries them.
+    Raise ValueError at once if a limit cannot be met by any batch.
+    """
+    if partitions < 1 or max_objects < 1:
+        raise ValueError(f"partitions and max_objects must be >= 1, got {partitions}, {max_objects}")
+    if max_bytes <= _BODY_ENVELOPE_BYTES:
+        raise ValueError(f"max_bytes must be > {_BODY_ENVELOPE_BYTES}, got {max_bytes}")
+    return _batches(items, _Batcher(key, partitions, max_objects, max_bytes))
+
+
+def _batches(items: Iterable[tuple[RawRow, dict] | Rejection], batcher: _Batcher) -> Iterator[Batch]:
+    for item in items:
+        if isinstance(item, Rejection):
+            batcher.pending.append(item)
+            continue
+        emitted = batcher.add(*item)
+        if emitted is not None:
+            yield emitted
+    yield from batcher.finish()
+
+
+class _OpenBatch:
+    """The batch one partition is filling, with each object's rows and encoded length."""
+
+    __slots__ = ("objects", "rows", "lengths", "positions", "size_bytes")
+
+    def __init__(self) -> None:
+        self.objects: list[dict] = []
+        self.rows: list[list[RawRow]] = []
+        self.lengths: list[int] = []
+        self.positions: dict[str, int] = {}  # external_id -> index in objects
+        self.size_bytes = _BODY_ENVELOPE_BYTES
+
+    def size_appending(self, length: int) -> int:
+        return self.size_bytes + length + (1 if self.objects else 0)  # 1: the comma
+
+    def size_replacing(self, position: int, length: int) -> int:
+        return self.size_bytes - self.lengths[position] + length
+
+    def append(self, external_id: str, attributes: dict, length: int, row: RawRow) -> None:
+        self.size_bytes = self.size_appending(length)
+        self.positions[external_id] = len(self.objects)
+        self.objects.append(attributes)
+        self.rows.append([row])
+        self.lengths.append(length)
+
+    def replace(self, position: int, attributes: dict, length: int, row: RawRow) -> None:
+        self.size_bytes = self.size_replacing(position, length)
+        self.objects[position] = attributes
+        self.lengths[position] = length
+        self.rows[position].append(row)
+
+
+class _Batcher:
+    """The state of one build_batches run: open batches, waiting rejections, the next number."""
+
+    def __init__(self, key: WorkflowKey, partitions: int, max_objects: int, max_bytes: int):
+        self.key = key
+        self.partitions = partitions
+        self.max_objects = max_objects
+        self.max_bytes = max_bytes
+        self.open = [_OpenBatch() for _ in range(partitions)]
+        self.pending: list[Rejection] = []
+        self.next_number = 0
+
+    def add(self, row: RawRow, attributes: dict) -> Batch | None:
+        """Place one object; return the batch it forced out, if any."""
+        length = self._measure(attributes)
+        if isinstance(length, str):
+            self.pending.append(Rejection(row, length))
+            return None
+        external_id = attributes["external_id"]
+        partition = partition_of(external_id, self.partitions)
+        batch = self.open[partition]
+        position = batch.positions.get(external_id)
+        if position is not None:
+            merged = merge_objects(batch.objects[position], attributes)
+            merged_length = len(orjson.dumps(merged))
+            if batch.size_replacing(position, merged_length) <= self.max_bytes:
+                batch.replace(position, merged, merged_length, row)
+                return None
+        elif len(batch.objects) < self.max_objects and batch.size_appending(length) <= self.max_bytes:
+            batch.append(external_id, attributes, length, row)
+            return None
+        # Too full: send what the partition holds, and start again with this row's own object
+        # (not the merged one, whose earlier rows are already in the batch being emitted).
+        emitted = self._emit(partition)
+        self.open[partition].append(external_id, attributes, length, row)
+        return emitted
+
+    def _measure(self, attributes: dict) -> int | str:
+        """Return the object's encoded length, or the reason it cannot be sent."""
+        external_id = attributes.get("external_id")
+        if not isinstance(external_id, str) or not external_id:
+            return "attributes object has no external_id"
+        try:
+            length = len(orjson.dumps(attributes))
+        except orjson.JSONEncodeError as error:
+            return f"attributes object cannot be encoded as JSON: {error}"
+        alone = _BODY_ENVELOPE_BYTES + length
+        if alone > self.max_bytes:
+            return f"attributes object is {alone} bytes, over the request limit of {self.max_bytes}"
+        return length
+
+    def _emit(self, partition: int) -> Batch:
+        batch = self.open[partition]
+        emitted = Batch(
+            key=self.key,
+            number=self.next_number,
+            partition=partition,
+            objects=tuple(batch.objects),
+            rows=tuple(tuple(rows) for rows in batch.rows),
+            size_bytes=batch.size_bytes,
+            rejected=tuple(self.pending),
+        )
+        self.open[partition] = _OpenBatch()
+        self.pending.clear()
+        self.next_number += 1
+        return emitted
+
+    def finish(self) -> Iterator[Batch]:
+        """Emit the open batches in partition order, then any rejections still waiting."""
+        for partition in range(self.partitions):
+            if self.open[partition].objects:
+                yield self._emit(partition)
+        if self.pending:
+            yield self._emit(0)  # partition 0 is empty here: a batch of rejections only

@@ -1,0 +1,152 @@
+"""Dead-letter files: safe paths, private modes, one header, and content that reads back exactly."""
+
+import csv
+import os
+import re
+import stat
+
+import pytest
+
+from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
+from rpi2braze.errors import StateError
+from rpi2braze.model import RawRow, Rejection, WorkflowKey
+
+HEADER = ("external_id", "email", "Output Name")
+SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+@pytest.fixture
+def open_umask():
+    """Umask 0, so a mode seen on disk is the mode the code asked for, not one the umask hid."""
+    previous = os.umask(0)
+    yield
+    os.umask(previous)
+
+
+def rejection(line, values, reason="bad email", file="RPI_Export_1.txt"):
+    return Rejection(RawRow(line, tuple(values), file=file), reason)
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.reader(handle))
+
+
+def test_path_layout(tmp_path):
+    key = WorkflowKey("rpi", "Braze Append", "Offer A", "1234")
+    path = deadletter_path(str(tmp_path), key)
+    expected = re.escape(str(tmp_path)) + r"/rpi/Braze_Append__Offer_A__1234\.[0-9a-f]{12}\.csv"
+    assert re.fullmatch(expected, path)
+    assert deadletter_path(str(tmp_path), key) == path
+
+
+HOSTILE = ["..", ".", "/", "\\", "\x00", "../../etc/passwd", "..\\..\\windows", "", "a/../../b",
+           ".hidden", "Ünïcødé offer", "lone \udcff surrogate", "x" * 10_000, "/" * 300, "." * 300]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=range(len(HOSTILE)))
+@pytest.mark.parametrize("field", ["source", "channel", "offer", "workflow_id"])
+def test_hostile_names_stay_inside(tmp_path, field, hostile):
+    parts = {"source": "rpi", "channel": "Braze Append", "offer": "Offer A", "workflow_id": "1"}
+    parts[field] = hostile
+    directory = str(tmp_path / "deadletter")
+    path = deadletter_path(directory, WorkflowKey(**parts))
+    relative = os.path.relpath(path, directory)
+    components = relative.split(os.sep)
+    assert len(components) == 2 and os.path.normpath(path) == path
+    assert all(SAFE_COMPONENT.fullmatch(component) for component in components)
+    assert all(len(component.encode()) <= 160 for component in components)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [(("rpi", "a/b", "o", "1"), ("rpi", "a_b", "o", "1")),
+     (("rpi", "c", "o", "x" * 500 + "1"), ("rpi", "c", "o", "x" * 500 + "2")),
+     (("a/b", "c", "o", "1"), ("a_b", "c", "o", "1")),
+     (("rpi", "c\x00", "o", "1"), ("rpi", "c", "\x00o", "1"))],
+)
+def test_distinct_keys_get_distinct_paths(tmp_path, first, second):
+    directory = str(tmp_path)
+    assert deadletter_path(directory, WorkflowKey(*first)) != deadletter_path(directory, WorkflowKey(*second))
+
+
+def test_private_modes_from_the_start(tmp_path, open_umask):
+    path = str(tmp_path / "state" / "deadletter" / "rpi" / "w.csv")
+    with DeadLetterWriter(path, HEADER) as writer:
+        assert writer.write([rejection(2, ["u1", "bad", "Out"])]) == 1
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    for directory in ("state", "state/deadletter", "state/deadletter/rpi"):
+        assert stat.S_IMODE(os.stat(tmp_path / directory).st_mode) == 0o700
+
+
+def test_nothing_created_without_rejections(tmp_path):
+    path = tmp_path / "deadletter" / "w.csv"
+    with DeadLetterWriter(str(path), HEADER) as writer:
+        assert writer.write([]) == 0
+        assert writer.write(iter(())) == 0
+    assert not path.exists() and not path.parent.exists()
+
+
+def test_header_written_once_across_writers(tmp_path):
+    path = str(tmp_path / "w.csv")
+    with DeadLetterWriter(path, HEADER) as writer:
+        assert writer.write([rejection(2, ["u1", "a", "O"]), rejection(3, ["u2", "b", "O"])]) == 2
+    with DeadLetterWriter(path, HEADER) as writer:  # a restart appends
+        assert writer.write([rejection(4, ["u3", "c", "O"])]) == 1
+    rows = read_rows(path)
+    assert rows[0] == ["file", "line", "reason", *HEADER]
+    assert [row[1] for row in rows[1:]] == ["2", "3", "4"]
+
+
+VALUES = ["plain", "comma, inside", 'quote " inside', "new\nline", "carriage\r\nreturn", "", "  spaces  ",
+          "Ünïcødé ✓", '"quoted,\nall"', "semi;colon\ttab"]
+
+
+def test_content_round_trips(tmp_path):
+    path = str(tmp_path / "w.csv")
+    rejections = [
+        rejection(2, VALUES[:3], reason="email is not valid: a,b"),
+        rejection(17, VALUES[3:], reason='reason with "quotes"\nand a newline', file="RPI Export, 2.txt"),
+        Rejection(RawRow(30, (), error="unterminated quote", file="f.txt"), "unterminated quote"),
+    ]
+    with DeadLetterWriter(path, HEADER) as writer:
+        assert writer.write(rejections) == 3
+    assert read_rows(path)[1:] == [
+        ["RPI_Export_1.txt", "2", "email is not valid: a,b", *VALUES[:3]],
+        ["RPI Export, 2.txt", "17", 'reason with "quotes"\nand a newline', *VALUES[3:]],
+        ["f.txt", "30", "unterminated quote"],
+    ]
+
+
+def test_unencodable_value_is_written_visibly(tmp_path):
+    path = str(tmp_path / "w.csv")
+    with DeadLetterWriter(path, HEADER) as writer:
+        assert writer.write([rejection(2, ["u1", "bad \udcff byte"])]) == 1
+    assert read_rows(path)[1][3:] == ["u1", "bad \\udcff byte"]
+
+
+def test_planted_symlink_is_refused(tmp_path):
+    target = tmp_path / "elsewhere.csv"
+    target.write_text("")
+    link = tmp_path / "w.csv"
+    link.symlink_to(target)
+    with DeadLetterWriter(str(link), HEADER) as writer, pytest.raises(StateError, match="dead-letter"):
+        writer.write([rejection(2, ["u1"])])
+    assert target.read_text() == ""
+
+
+def test_unwritable_location_raises_state_error(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with DeadLetterWriter(str(blocker / "w.csv"), HEADER) as writer, pytest.raises(StateError):
+        writer.write([rejection(2, ["u1"])])
+
+
+def test_closed_writer_refuses_writes(tmp_path):
+    writer = DeadLetterWriter(str(tmp_path / "w.csv"), HEADER)
+    writer.write([rejection(2, ["u1"])])
+    writer.close()
+    writer.close()  # harmless
+    with pytest.raises(ValueError):
+        writer.write([rejection(3, ["u2"])])
+    assert len(read_rows(tmp_path / "w.csv")) == 2
