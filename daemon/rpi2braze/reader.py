@@ -1,0 +1,274 @@
+"""Streaming, constant-memory reading of one export file into raw rows.
+
+The file is read through io.TextIOWrapper and csv.reader, one record at a time, so a 5 GB export
+costs no more memory than a small one. Undecodable bytes are kept as surrogates
+("surrogateescape"), so one bad byte rejects one row instead of the whole file. Problems with
+the whole file (empty, undecodable header, UTF-16 without a BOM) raise BadFileError; problems
+with one record are returned as a RawRow carrying `error`, for the dead-letter file.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import itertools
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from rpi2braze.errors import BadFileError, ConfigError, SourceUnavailable
+from rpi2braze.model import RawRow
+from rpi2braze.settings import ReadingSettings
+
+# The mapper rejects values over Braze's limits with a clear reason; the reader only guards memory.
+FIELD_SIZE_LIMIT = 64 * 1024 * 1024
+csv.field_size_limit(FIELD_SIZE_LIMIT)
+
+# A longer line is unreadable; without a bound, a file with no line breaks is held whole.
+LINE_LIMIT = FIELD_SIZE_LIMIT
+SNIFF_BYTES = 4096
+BUFFER_BYTES = 256 * 1024
+DELIMITERS = (",", "\t", "|", ";")
+# Lone surrogates only come from surrogateescape, i.e. from bytes the codec could not decode.
+_UNDECODABLE = re.compile("[\udc80-\udcff]")
+_SUSPECT = re.compile("[\x00\udc80-\udcff]")
+_QUOTED = re.compile('"[^"]*(?:"|$)')
+# Errors that mean the bytes themselves are broken from some point on (not the source failing).
+_BROKEN_DATA = (csv.Error, UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One export file opened for reading: its header and its records, read lazily."""
+
+    header: tuple[str, ...]
+    rows: Iterator[RawRow]
+    delimiter: str
+    encoding: str
+
+
+def open_data_stream(stream: BinaryIO, file_name: str) -> BinaryIO:
+    """Given an open binary stream and its file name, return a stream of the file's plain bytes:
+    gunzipped when the name ends with ".gz" (any case). Closing the result leaves `stream` open."""
+    if file_name.lower().endswith(".gz"):
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    return stream
+
+
+def read_table(stream: BinaryIO, reading: ReadingSettings, file_name: str = "") -> Table:
+    """Given a binary stream positioned at the start of an export file, return its Table.
+
+    The header is read now; the records are read as `rows` is consumed. Raise BadFileError if
+    the file is empty, has no header, cannot be decoded at the header, or looks like UTF-16
+    without a byte order mark. Raise ConfigError if `reading.encoding` names no codec. Raise
+    SourceUnavailable, here or from `rows`, if reading the stream fails with an OSError.
+    """
+    label = file_name or "the export file"
+    head = _read_head(stream, label)
+    encoding = _choose_encoding(head, reading.encoding, label)
+    text = io.TextIOWrapper(
+        io.BufferedReader(_PrefixedRaw(head, stream, label), buffer_size=BUFFER_BYTES),
+        encoding=encoding, errors="surrogateescape", newline="",
+    )
+    lines = _bounded_lines(text)
+    lines_before, header_line = _find_header_line(lines, reading.skip_lines, encoding, label)
+    delimiter = _sniff_delimiter(header_line) if reading.delimiter == "auto" else reading.delimiter
+    reader = csv.reader(itertools.chain([header_line], lines), delimiter=delimiter)
+    header = _read_header(reader, encoding, label)
+    rows = _records(reader, header, lines_before, encoding, file_name)
+    return Table(header=header, rows=rows, delimiter=delimiter, encoding=encoding)
+
+
+class _PrefixedRaw(io.RawIOBase):
+    """A raw stream serving bytes already read (`head`) and then the rest of `stream`.
+
+    It lets the reader look at the first bytes of a stream that cannot seek (SFTP, gzip, a pipe).
+    Closing it does not close `stream`: whoever opened that closes it.
+    """
+
+    def __init__(self, head: bytes, stream: BinaryIO, label: str):
+        self._head = memoryview(head)
+        self._stream = stream
+        self._label = label
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            count = min(len(buffer), len(self._head))
+            buffer[:count] = self._head[:count]
+            self._head = self._head[count:]
+            return count
+        data = _read_some(self._stream, len(buffer), self._label)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _read_head(stream: BinaryIO, label: str) -> bytes:
+    """Read the first SNIFF_BYTES (fewer at end of file), however short the stream's reads are."""
+    pieces: list[bytes] = []
+    wanted = SNIFF_BYTES
+    try:
+        while wanted > 0 and (piece := _read_some(stream, wanted, label)):
+            pieces.append(piece)
+            wanted -= len(piece)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise BadFileError(f"{label} is not a readable gzip file: {error}") from error
+    return b"".join(pieces)
+
+
+def _read_some(stream: BinaryIO, size: int, label: str) -> bytes:
+    """Read up to `size` bytes; an OSError of the source becomes SourceUnavailable (retry later)."""
+    try:
+        return stream.read(size) or b""
+    except gzip.BadGzipFile:
+        raise  # an OSError too, but the bytes are broken, not the source
+    except OSError as error:
+        raise SourceUnavailable(f"{label}: reading failed: {error}") from error
+
+
+def _choose_encoding(head: bytes, configured: str, label: str) -> str:
+    """Return the codec for the file: the configured one, or one sniffed from a byte order mark."""
+    if configured != "auto":
+        try:
+            return codecs.lookup(configured).name
+        except LookupError as error:
+            raise ConfigError([f"reading.encoding: unknown codec {configured!r}"]) from error
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if _looks_like_utf16(head):
+        raise BadFileError(
+            f"{label} looks like UTF-16 without a byte order mark (every other byte is NUL); "
+            f"set reading.encoding to utf-16-le or utf-16-be"
+        )
+    return "utf-8"
+
+
+def _looks_like_utf16(head: bytes) -> bool:
+    """True if NULs fill one byte position of each pair and not the other, as ASCII in UTF-16."""
+    pairs = len(head) // 2
+    even_nuls, odd_nuls = head[0::2].count(0), head[1::2].count(0)
+    many, few = max(even_nuls, odd_nuls), min(even_nuls, odd_nuls)
+    return pairs > 0 and many * 5 >= pairs * 2 and few * 10 <= many
+
+
+def _bounded_lines(text: io.TextIOWrapper) -> Iterator[str]:
+    """Yield the lines of `text`; raise csv.Error at a line longer than LINE_LIMIT characters.
+
+    Iterating a TextIOWrapper directly would hold a whole line in memory, however long: a
+    file without line breaks would be read at once.
+    """
+    readline = text.readline
+    while line := readline(LINE_LIMIT):
+        if len(line) == LINE_LIMIT and line[-1] not in "\r\n":
+            raise csv.Error(f"a line is longer than {LINE_LIMIT} characters")
+        yield line
+
+
+def _find_header_line(lines: Iterator[str], skip_lines: int, encoding: str, label: str) -> tuple[int, str]:
+    """Skip `skip_lines` lines and any blank lines; return (lines passed, the header line)."""
+    passed = 0
+    saw_content = False
+    try:
+        for line in itertools.islice(lines, skip_lines):
+            passed += 1
+            saw_content = saw_content or bool(line.strip())
+        for line in lines:
+            if line.strip():
+                return passed, line.removeprefix("\ufeff")
+            passed += 1
+    except UnicodeDecodeError as error:
+        raise BadFileError(f"{label} cannot be decoded as {_codec_name(encoding)}: {error}") from error
+    except _BROKEN_DATA as error:
+        raise BadFileError(f"{label}: the header line cannot be read: {error}") from error
+    if saw_content:
+        raise BadFileError(f"{label} has no header line after the {skip_lines} skipped lines")
+    raise BadFileError(f"{label} is empty")
+
+
+def _sniff_delimiter(header_line: str) -> str:
+    """Return the candidate delimiter found most often outside quotes; "," when there is none."""
+    unquoted = _QUOTED.sub("", header_line)
+    best = max(DELIMITERS, key=unquoted.count)
+    return best if best in unquoted else ","
+
+
+def _read_header(reader, encoding: str, label: str) -> tuple[str, ...]:
+    """Parse the header record; raise BadFileError if it is unreadable or holds bad bytes."""
+    try:
+        cells = next(reader)
+    except _BROKEN_DATA as error:
+        raise BadFileError(f"{label}: the header line cannot be read: {error}") from error
+    joined = "".join(cells)
+    if _UNDECODABLE.search(joined):
+        raise BadFileError(
+            f"{label}: the header line is not valid {_codec_name(encoding)}; "
+            f"set reading.encoding to the file's encoding"
+        )
+    if "\x00" in joined:
+        raise BadFileError(f"{label}: the header line contains a NUL byte; is it a text export?")
+    return tuple(cell.strip() for cell in cells)
+
+
+def _records(reader, header, lines_before: int, encoding: str, file_name: str) -> Iterator[RawRow]:
+    """Yield each record after the header as a RawRow; blank lines are not records.
+
+    A record the csv module or the codec cannot read ends the file: one RawRow carries why.
+    """
+    consumed = reader.line_num
+    try:
+        for values in reader:
+            start = lines_before + consumed + 1
+            consumed = reader.line_num
+            if not values or (len(values) == 1 and not values[0].strip()):
+                continue
+            joined = "".join(values)
+            if "\x00" in joined or not (joined.isascii() or _decoded_cleanly(joined)):
+                problem = _row_problem(values, header, start, encoding)
+                yield RawRow(start, (), problem, file_name)
+            else:
+                yield RawRow(start, tuple(values), None, file_name)  # positional: measurably faster
+    except _BROKEN_DATA as error:
+        start = lines_before + consumed + 1
+        yield RawRow(line=start, values=(), error=f"unreadable from line {start}: {error}", file=file_name)
+
+
+def _decoded_cleanly(text: str) -> bool:
+    """True if `text` holds no surrogate, i.e. no byte the codec could not decode.
+    (Encoding is cheaper than a regex search; ASCII rows never get here.)"""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _row_problem(values: list[str], header: tuple[str, ...], start: int, encoding: str) -> str:
+    """Describe the first NUL or undecodable byte of a record, with its physical line."""
+    for index, value in enumerate(values):
+        match = _SUSPECT.search(value)
+        if match is None:
+            continue
+        if match.group() != "\x00":
+            before = "".join(values[:index]) + value[: match.start()]
+            return f"invalid {_codec_name(encoding)} bytes in line {start + _line_breaks(before)}"
+        column = f" ({header[index]})" if index < len(header) and header[index] else ""
+        return f"NUL byte in field {index + 1}{column} of the record at line {start}"
+    return f"unreadable record at line {start}"
+
+
+def _line_breaks(text: str) -> int:
+    """Count line breaks the way the text layer splits lines: CRLF, LF or a lone CR."""
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
+def _codec_name(encoding: str) -> str:
+    """A codec name for people: "utf-8-sig" is UTF-8 with a byte order mark, still UTF-8."""
+    return {"utf-8": "UTF-8", "utf-8-sig": "UTF-8", "utf-16": "UTF-16"}.get(encoding, encoding)

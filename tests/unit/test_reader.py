@@ -1,0 +1,354 @@
+"""Reading export files: encodings, delimiters, line numbers, bad bytes, and streaming."""
+
+import codecs
+import gzip
+import io
+
+import pytest
+
+from rpi2braze.errors import BadFileError, SourceUnavailable
+from rpi2braze.model import RawRow
+from rpi2braze.reader import open_data_stream, read_table
+from rpi2braze.settings import ReadingSettings
+
+AUTO = ReadingSettings()
+
+
+def read(data: bytes, reading: ReadingSettings = AUTO, name: str = "RPI_Export_1.txt"):
+    table = read_table(io.BytesIO(data), reading, name)
+    return table, list(table.rows)
+
+
+def values_and_lines(rows: list[RawRow]) -> list[tuple[int, tuple[str, ...]]]:
+    return [(row.line, row.values) for row in rows]
+
+
+@pytest.mark.parametrize(
+    ("data", "delimiter"),
+    [
+        (b"external_id,email\nu1,a@x.io\n", ","),
+        (b"external_id\temail\nu1\ta@x.io\n", "\t"),
+        (b"external_id|email\nu1|a@x.io\n", "|"),
+        (b"external_id;email\nu1;a@x.io\n", ";"),
+        # a comma inside a quoted header name does not outvote the real delimiter
+        (b'external_id;"last, first";email\nu1;"Doe, J";a@x.io\n', ";"),
+    ],
+)
+def test_sniffs_each_delimiter(data, delimiter):
+    table, rows = read(data)
+    assert table.delimiter == delimiter
+    assert table.header[0] == "external_id"
+    assert rows[0].values[0] == "u1"
+    assert rows[0].values[-1] == "a@x.io"
+
+
+def test_header_without_any_delimiter_is_one_column():
+    table, rows = read(b"external_id\nu1\nu2\n")
+    assert (table.delimiter, table.header) == (",", ("external_id",))
+    assert values_and_lines(rows) == [(2, ("u1",)), (3, ("u2",))]
+
+
+def test_explicit_delimiter_is_used_as_is():
+    table, rows = read(b"a,b|c\n1,2|3\n", ReadingSettings(delimiter="|"))
+    assert table.header == ("a,b", "c")
+    assert rows[0].values == ("1,2", "3")
+
+
+TEXT = "external_id,first_name\nu1,Zoë\nu2,Łukasz\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        (TEXT.encode("utf-8"), "utf-8"),
+        (codecs.BOM_UTF8 + TEXT.encode("utf-8"), "utf-8-sig"),
+        (codecs.BOM_UTF16_LE + TEXT.encode("utf-16-le"), "utf-16"),
+        (codecs.BOM_UTF16_BE + TEXT.encode("utf-16-be"), "utf-16"),
+    ],
+)
+def test_sniffs_encoding_from_the_byte_order_mark(data, encoding):
+    table, rows = read(data)
+    assert table.encoding == encoding
+    assert table.header == ("external_id", "first_name")
+    assert values_and_lines(rows) == [(2, ("u1", "Zoë")), (3, ("u2", "Łukasz"))]
+
+
+@pytest.mark.parametrize(
+    ("configured", "data", "reported"),
+    [
+        ("latin-1", TEXT.replace("Ł", "L").encode("latin-1"), "iso8859-1"),
+        ("utf-16-le", TEXT.encode("utf-16-le"), "utf-16-le"),
+        ("UTF8", codecs.BOM_UTF8 + TEXT.encode("utf-8"), "utf-8"),
+    ],
+)
+def test_explicit_encoding(configured, data, reported):
+    table, rows = read(data, ReadingSettings(encoding=configured))
+    assert table.encoding == reported
+    assert table.header == ("external_id", "first_name")
+    assert rows[0].values == ("u1", "Zoë")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"id,name\r\nu1,A\r\nu2,B\r\nu3,C",
+        b"id,name\nu1,A\nu2,B\nu3,C\n",
+        b"id,name\r\nu1,A\nu2,B\r\nu3,C\n",
+        b"id,name\ru1,A\ru2,B\ru3,C\r",
+    ],
+    ids=["crlf-no-final-newline", "lf", "mixed", "cr"],
+)
+def test_line_endings(data):
+    table, rows = read(data)
+    assert table.header == ("id", "name")
+    assert values_and_lines(rows) == [(2, ("u1", "A")), (3, ("u2", "B")), (4, ("u3", "C"))]
+
+
+def test_quoted_fields_keep_delimiters_quotes_and_newlines_and_lines_stay_right():
+    data = (
+        b'id,note\r\n'
+        b'u1,"a, b"\r\n'
+        b'u2,"line one\r\nline two\r\nline three"\r\n'
+        b'u3,"say ""hi"""\r\n'
+        b'\r\n'
+        b'u4,"x\ny"\n'
+        b'u5,last'
+    )
+    _, rows = read(data)
+    assert values_and_lines(rows) == [
+        (2, ("u1", "a, b")),
+        (3, ("u2", "line one\r\nline two\r\nline three")),
+        (6, ("u3", 'say "hi"')),
+        (8, ("u4", "x\ny")),
+        (10, ("u5", "last")),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "skip_lines", "header", "lines"),
+    [
+        (b"Record Count: 2\nid\nu1\nu2\n", 1, ("id",), [2 + 1, 2 + 2]),
+        (b"x\ny\nz\nid\nu1\n\n\nu2\n", 3, ("id",), [5, 8]),
+        (b"\n\nid\nu1\n", 0, ("id",), [4]),
+        (b"Title line\n\nid\n\nu1\n", 1, ("id",), [5]),
+        (b'"multi\nline",b\nu1,2\n', 0, ("multi\nline", "b"), [3]),
+    ],
+)
+def test_line_numbers_count_skipped_blank_and_header_lines(data, skip_lines, header, lines):
+    table, rows = read(data, ReadingSettings(skip_lines=skip_lines))
+    assert table.header == header
+    assert [row.line for row in rows] == lines
+
+
+def test_header_cells_are_stripped_and_empty_ones_kept():
+    table, _ = read(b" , ,external_id , Email\n1,2,u1,a@x.io\n")
+    assert table.header == ("", "", "external_id", "Email")
+
+
+def test_rows_are_not_checked_against_the_header_length():
+    _, rows = read(b"a,b\n1\n1,2,3\n")
+    assert [row.values for row in rows] == [("1",), ("1", "2", "3")]
+    assert all(row.error is None for row in rows)
+
+
+def test_rows_carry_the_file_name():
+    _, rows = read(b"id\nu1\n", name="RPI_Export_42.txt")
+    assert rows[0].file == "RPI_Export_42.txt"
+
+
+@pytest.mark.parametrize("name", ["RPI_Export_1.txt.gz", "RPI_Export_1.TXT.GZ"])
+def test_gzip_is_unpacked_by_name(name):
+    packed = gzip.compress(codecs.BOM_UTF8 + b"id;email\r\nu1;a@x.io\r\n")
+    table, rows = read_via_open_data_stream(packed, name)
+    assert (table.header, table.delimiter, table.encoding) == (("id", "email"), ";", "utf-8-sig")
+    assert values_and_lines(rows) == [(2, ("u1", "a@x.io"))]
+
+
+def test_plain_file_is_not_unpacked():
+    stream = io.BytesIO(b"id\n")
+    assert open_data_stream(stream, "RPI_Export_1.txt") is stream
+
+
+def test_gzip_name_with_plain_content_is_a_bad_file():
+    with pytest.raises(BadFileError, match="RPI_Export_1.txt.gz is not a readable gzip file"):
+        read_via_open_data_stream(b"id\nu1\n", "RPI_Export_1.txt.gz")
+
+
+def test_truncated_gzip_yields_the_rows_before_and_then_an_error_row():
+    packed = gzip.compress(b"id\n" + b"".join(b"u%d\n" % number for number in range(50_000)))
+    _, rows = read_via_open_data_stream(packed[: len(packed) // 2], "RPI_Export_1.txt.gz")
+    assert rows[0].values == ("u0",)
+    assert rows[-1].error.startswith(f"unreadable from line {rows[-2].line + 1}: ")
+    assert all(row.error is None for row in rows[:-1])
+
+
+def read_via_open_data_stream(data: bytes, name: str):
+    with open_data_stream(io.BytesIO(data), name) as stream:
+        table = read_table(stream, AUTO, name)
+        return table, list(table.rows)
+
+
+@pytest.mark.parametrize(
+    ("data", "skip_lines", "message"),
+    [
+        (b"", 0, "RPI_Export_1.txt is empty"),
+        (b"  \r\n\n\t\n", 0, "RPI_Export_1.txt is empty"),
+        (codecs.BOM_UTF8, 0, "RPI_Export_1.txt is empty"),
+        (codecs.BOM_UTF8 + b"\r\n", 0, "RPI_Export_1.txt is empty"),
+        (codecs.BOM_UTF16_LE, 0, "RPI_Export_1.txt is empty"),
+        (b"Record Count: 0\n", 1, "RPI_Export_1.txt has no header line after the 1 skipped lines"),
+        (b"id,\xff\xfeemail\nu1,a\n", 0, "RPI_Export_1.txt: the header line is not valid UTF-8"),
+        (b"id,em\x00ail\nu1,a\n", 0, "RPI_Export_1.txt: the header line contains a NUL byte"),
+        ("id,email\nu1,a\n".encode("utf-16-le"), 0, "RPI_Export_1.txt looks like UTF-16 without a byte order mark"),
+        ("id,email\nu1,a\n".encode("utf-16-be"), 0, "RPI_Export_1.txt looks like UTF-16 without a byte order mark"),
+        (b"x" * (65 * 1024 * 1024), 0, "RPI_Export_1.txt: the header line cannot be read: a line is longer"),
+    ],
+    ids=[
+        "zero-bytes", "whitespace", "utf8-bom-only", "utf8-bom-newline", "utf16-bom-only", "only-skipped",
+        "undecodable-header", "nul-in-header", "utf16le-no-bom", "utf16be-no-bom", "header-over-line-limit",
+    ],
+)
+def test_bad_files(data, skip_lines, message):
+    with pytest.raises(BadFileError) as raised:
+        read_table(io.BytesIO(data), ReadingSettings(skip_lines=skip_lines), "RPI_Export_1.txt")
+    assert str(raised.value).startswith(message)
+
+
+def test_header_only_has_no_rows():
+    table, rows = read(b"external_id,email\r\n\r\n")
+    assert table.header == ("external_id", "email")
+    assert rows == []
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "error"),
+    [
+        (b"u2,caf\xe9\n", "invalid UTF-8 bytes in line 3"),
+        (b'u2,"ok\n\xff"\n', "invalid UTF-8 bytes in line 4"),
+        (b"u2,a\x00b\n", "NUL byte in field 2 (email) of the record at line 3"),
+        (b"u2,x,a\x00b\n", "NUL byte in field 3 of the record at line 3"),
+    ],
+    ids=["latin-1-byte", "bad-byte-on-second-line-of-record", "nul", "nul-beyond-header"],
+)
+def test_a_bad_row_is_reported_and_the_others_still_read(bad_line, error):
+    data = b"external_id,email\nu1,a@x.io\n" + bad_line + b"u3,c@x.io\n"
+    _, rows = read(data)
+    assert rows[0] == RawRow(2, ("u1", "a@x.io"), None, "RPI_Export_1.txt")
+    assert rows[1] == RawRow(3, (), error, "RPI_Export_1.txt")
+    assert rows[2].values == ("u3", "c@x.io")
+    assert rows[2].line == 3 + bad_line.count(b"\n")
+
+
+def test_explicit_codec_reports_bytes_it_cannot_decode_per_row():
+    data = b"id,name\nu1,ok\nu2,\x81\nu3,fine\n"  # 0x81 is undefined in cp1252
+    table, rows = read(data, ReadingSettings(encoding="cp1252"))
+    assert table.encoding == "cp1252"
+    assert [row.error for row in rows] == [None, "invalid cp1252 bytes in line 3", None]
+
+
+def test_undecodable_utf16_ends_the_file_with_an_error_row():
+    # Past the first chunk the text layer decodes, so the header and early rows are read.
+    good = ("id\n" + "".join(f"u{number}\n" for number in range(5000))).encode("utf-16-le")
+    data = codecs.BOM_UTF16_LE + good + b"\x00\xdc" + "u2\n".encode("utf-16-le")  # a lone low surrogate
+    _, rows = read(data)
+    assert rows[0].values == ("u0",)
+    assert all(row.error is None for row in rows[:-1])
+    assert rows[-1].error.startswith(f"unreadable from line {rows[-2].line + 1}: ")
+
+
+def test_a_one_megabyte_field_is_read():
+    big = "x" * (1024 * 1024)
+    _, rows = read(f"id,blob\nu1,{big}\nu2,small\n".encode())
+    assert rows[0].values == ("u1", big)
+    assert values_and_lines(rows)[1] == (3, ("u2", "small"))
+
+
+@pytest.mark.parametrize(
+    ("huge", "reason"),
+    [
+        (b"x" * (65 * 1024 * 1024), "a line is longer than"),
+        (b'"' + (b"y" * (33 * 1024 * 1024) + b"\n") * 2 + b'"', "field larger than field limit"),
+    ],
+    ids=["one-long-line", "quoted-field-over-several-lines"],
+)
+def test_a_record_over_the_limits_ends_the_file_with_an_error_row(huge, reason):
+    _, rows = read(b"id,blob\nu1,small\n\nu2," + huge + b"\nu3,never\n")
+    assert rows[0].values == ("u1", "small")
+    assert rows[1].line == 4
+    assert rows[1].error.startswith(f"unreadable from line 4: {reason}")
+    assert len(rows) == 2
+
+
+class CountingStream(io.RawIOBase):
+    """A non-seekable stream generated on demand, counting the bytes handed out."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._pending = b""
+        self.bytes_read = 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self._pending:
+            self._pending = next(self._chunks, None)
+            if self._pending is None:
+                self._pending = b""
+                return 0
+        count = min(len(buffer), len(self._pending))
+        buffer[:count] = self._pending[:count]
+        self._pending = self._pending[count:]
+        self.bytes_read += count
+        return count
+
+
+def generated_export(rows: int):
+    yield b"external_id,email,first_name,cdp_score\r\n"
+    for number in range(rows):
+        yield b"user-%08d,user%d@example.com,Name %d,%d\r\n" % (number, number, number, number % 97)
+
+
+def test_reading_streams_instead_of_reading_everything_first():
+    total = sum(len(chunk) for chunk in generated_export(100_000))
+    stream = CountingStream(generated_export(100_000))
+    table = read_table(stream, AUTO, "RPI_Export_1.txt")
+    first = [next(table.rows) for _ in range(10)]
+    assert [row.line for row in first] == list(range(2, 12))
+    assert stream.bytes_read < total // 5
+    rest = sum(1 for _ in table.rows)
+    assert rest == 100_000 - 10
+    assert stream.bytes_read == total
+
+
+class FailingStream(io.RawIOBase):
+    """Serves `data`, then fails like a network mount that went away."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if not self._data:
+            raise OSError(5, "Input/output error")
+        count = min(len(buffer), len(self._data))
+        buffer[:count], self._data = self._data[:count], self._data[count:]
+        return count
+
+
+@pytest.mark.parametrize("name", ["RPI_Export_1.txt", "RPI_Export_1.txt.gz"])
+def test_a_failing_source_is_unavailable_not_a_bad_file(name):
+    data = b"id\n" + b"".join(b"u%d\n" % number for number in range(100_000))
+    if name.endswith(".gz"):
+        data = gzip.compress(data)
+    stream = open_data_stream(FailingStream(data[: len(data) // 2]), name)
+    table = read_table(stream, AUTO, name)
+    with pytest.raises(SourceUnavailable, match=f"{name}: reading failed: .*Input/output error"):
+        list(table.rows)
+
+
+def test_a_source_failing_at_once_is_unavailable():
+    with pytest.raises(SourceUnavailable):
+        read_table(FailingStream(b""), AUTO, "RPI_Export_1.txt")
