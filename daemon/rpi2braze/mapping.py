@@ -1,0 +1,268 @@
+"""From an export's header and rows to Braze attributes objects (DESIGN.md, "Mapping").
+
+`plan_columns` reads the header once and decides, for each column, what it becomes and which
+normaliser checks it. `map_row` then only walks those precomputed (index, target, convert)
+tuples, because it runs once for each of millions of rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+import orjson
+
+from rpi2braze import normalize
+from rpi2braze.errors import BadFileError, ConfigError, RowRejected
+from rpi2braze.model import ChannelMode, RawRow
+from rpi2braze.settings import COLUMN_TYPES, MappingSettings
+
+CONTACT_IDS = "rpi_contact_ids"
+CHANNEL_EXEC_IDS = "rpi_channel_exec_ids"
+AUDIENCE_OUTPUTS = "rpi_audience_outputs"
+OFFERS = "rpi_offers"
+ATTRIBUTES = "rpi_cdp_attributes"
+STANDARD_FIELDS = ("external_id", "first_name", "last_name", "email", "country", "dob", "gender",
+                   "home_city", "phone")
+ARRAY_FIELDS = (AUDIENCE_OUTPUTS, CONTACT_IDS, CHANNEL_EXEC_IDS)
+TARGETS = STANDARD_FIELDS + ARRAY_FIELDS  # what `mapping.fields` may map a column to
+DEFAULT_FIELDS = {normalize.header_key(name): name for name in STANDARD_FIELDS} | {
+    "outputname": AUDIENCE_OUTPUTS,
+    "rpcontactid": CONTACT_IDS,
+    "channelexecutionid": CHANNEL_EXEC_IDS,
+}
+MAX_CHARS = normalize.MAX_STRING_CHARS
+MAX_ATTRIBUTES_BYTES = 100_000  # Braze: a nested object is at most 100 KB
+PREPENDED = (CONTACT_IDS, CHANNEL_EXEC_IDS)  # RPI writes these, maybe unnamed, before the rest
+
+Convert = Callable[[str], object]
+
+# None: a plain string, whose length map_row checks itself (a call per cell costs too much).
+_SCALAR_CONVERTERS: dict[str, Convert | None] = {
+    "first_name": None,
+    "last_name": None,
+    "home_city": None,
+    "email": normalize.email,
+    "country": normalize.country,
+    "dob": normalize.dob,
+    "gender": normalize.gender,
+}
+# The longest JSON a converted value can take: 255 characters escaped as \u00XX, or a {"$time"}.
+_MAX_VALUE_JSON_BYTES = MAX_CHARS * 6 + 2
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each target sits in a row of `width` values."""
+
+    width: int
+    id_index: int
+    phone_index: int | None
+    # (index, target, convert); convert None means a plain string of at most 255 characters.
+    scalars: tuple[tuple[int, str, Convert | None], ...]     # standard fields but id and phone
+    arrays: tuple[tuple[int, str], ...]                      # {"add": [value]} fields
+    attributes: tuple[tuple[int, str, Convert | None], ...]  # keys of rpi_cdp_attributes
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """What each column of one export becomes. `shifted` is the layout of rows that carry RPI's
+    two prepended values in front of a header that does not name them (None: not expected)."""
+
+    header: tuple[str, ...]
+    exact: Layout
+    shifted: Layout | None
+    check_attributes_size: bool  # enough wide columns that the 100 KB limit can be reached
+
+
+def plan_columns(header: tuple[str, ...], mapping: MappingSettings) -> ColumnPlan:
+    """Given an export's header and the mapping settings, return the plan `map_row` follows.
+
+    Raise BadFileError, quoting the header, if no column is the external_id, two columns map to
+    the same target, or a header cell is empty (other than RPI's two prepended columns).
+    Raise ConfigError if `mapping` names a target or type that does not exist.
+    `mapping.types` applies to the columns that become rpi_cdp_attributes keys.
+    """
+    fields = _configured(mapping.fields, TARGETS, "fields")
+    types = _configured(mapping.types, COLUMN_TYPES, "types")
+    names = tuple(cell.strip() for cell in header)
+    columns = _targets(names, fields, mapping.prepended_columns == "auto")
+    if "external_id" not in {target for _, target, _ in columns}:
+        raise BadFileError(f"no external_id column in the header {_quoted(names)}")
+    exact = _layout(columns, len(names), types)
+    shifted = None
+    if mapping.prepended_columns == "auto":
+        shifted = _shifted_layout(columns, len(names), types)
+    worst_case = sum(len(key) + 4 + _MAX_VALUE_JSON_BYTES for _, key, _ in exact.attributes)
+    return ColumnPlan(names, exact, shifted, worst_case + 2 > MAX_ATTRIBUTES_BYTES)
+
+
+def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
+            default_phone_region: str) -> dict:
+    """Given a row of an export planned by `plan`, return its Braze attributes object: the
+    normalised standard fields, the rpi_* arrays as {"add": [...]} (rpi_offers gets `offer`), and
+    the other columns in rpi_cdp_attributes with "_merge_objects": true. Empty cells are left out.
+
+    Raise RowRejected, with the reason, if the reader could not parse the row, its length fits
+    no layout, it has no external_id, or a value breaks Braze's formats or limits.
+    """
+    if row.error:
+        raise RowRejected(row.error)
+    values = row.values
+    layout = _layout_for(plan, len(values))
+    identifier = values[layout.id_index].strip()
+    if not identifier:
+        raise RowRejected(f"row has no external_id (column {layout.id_index + 1} is empty)")
+    result = {"external_id": normalize.external_id(identifier),
+              "_update_existing_only": mode is ChannelMode.APPEND}
+    _add_standard_fields(layout, values, result, default_phone_region)
+    _add_arrays(layout, values, result, offer)
+    attributes = _attributes(layout, values)
+    if attributes:
+        if plan.check_attributes_size:
+            _check_size(attributes)
+        result["_merge_objects"] = True
+        result[ATTRIBUTES] = attributes
+    return result
+
+
+# The loops below run for every cell of every row: plain strings are checked inline, because a
+# function call per cell would be a large share of the mapping time.
+
+def _add_standard_fields(layout: Layout, values: tuple[str, ...], result: dict,
+                         region: str) -> None:
+    for index, field, convert in layout.scalars:
+        if value := values[index].strip():
+            if convert is not None:
+                if (converted := convert(value)) is not None:
+                    result[field] = converted
+            elif len(value) <= MAX_CHARS:
+                result[field] = value
+            else:
+                result[field] = normalize.text(value, field)  # raises: too long
+    if layout.phone_index is not None and (value := values[layout.phone_index].strip()):
+        result["phone"] = normalize.phone(value, region)
+
+
+def _add_arrays(layout: Layout, values: tuple[str, ...], result: dict, offer: str) -> None:
+    for index, field in layout.arrays:
+        if value := values[index].strip():
+            if len(value) > MAX_CHARS:
+                normalize.text(value, field)  # raises: too long
+            result[field] = {"add": [value]}
+    if len(offer) > MAX_CHARS:
+        normalize.text(offer, "offer folder name")  # raises: too long
+    result[OFFERS] = {"add": [offer]}
+
+
+def _attributes(layout: Layout, values: tuple[str, ...]) -> dict:
+    attributes = {}
+    for index, key, convert in layout.attributes:
+        if value := values[index].strip():
+            if convert is not None:
+                attributes[key] = convert(value)
+            elif len(value) <= MAX_CHARS:
+                attributes[key] = value
+            else:
+                attributes[key] = normalize.text(value, f"{ATTRIBUTES}.{key}")  # raises: too long
+    return attributes
+
+
+def _layout_for(plan: ColumnPlan, width: int) -> Layout:
+    if width == plan.exact.width:
+        return plan.exact
+    if plan.shifted is not None and width == plan.shifted.width:
+        return plan.shifted
+    raise RowRejected(f"row has {width} fields, header has {plan.exact.width}")
+
+
+def _check_size(attributes: dict) -> None:
+    size = len(orjson.dumps(attributes))
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise RowRejected(f"{ATTRIBUTES} would be {size} bytes; Braze allows "
+                          f"{MAX_ATTRIBUTES_BYTES}")
+
+
+def _configured(settings: dict[str, str], allowed: tuple[str, ...], name: str) -> dict[str, str]:
+    """`settings` keyed by header_key; raise ConfigError naming any value not in `allowed`."""
+    problems = [f"mapping.{name}.{key}: {value!r} is not one of {', '.join(allowed)}"
+                for key, value in settings.items() if value not in allowed]
+    if problems:
+        raise ConfigError(problems)
+    return {normalize.header_key(key): value for key, value in settings.items()}
+
+
+def _shifted_layout(columns: list[tuple[int, str, str]], width: int,
+                    types: dict[str, str]) -> Layout | None:
+    """The layout of rows with RPI's two prepended values in front, unless the header names them."""
+    if {target for _, target, _ in columns} & set(PREPENDED):
+        return None
+    moved = [(index + 2, target, name) for index, target, name in columns]
+    return _layout([(0, PREPENDED[0], ""), (1, PREPENDED[1], "")] + moved, width + 2, types)
+
+
+def _targets(names: tuple[str, ...], fields: dict[str, str],
+             positional: bool) -> list[tuple[int, str, str]]:
+    """(index, target, header) per column; a target is a field name or "rpi_cdp_attributes.key"."""
+    columns = []
+    taken: dict[str, int] = {}
+    unnamed_prepended = positional and names[:2] == ("", "")
+    for index, name in enumerate(names):
+        if unnamed_prepended and index < 2:
+            target = PREPENDED[index]
+        elif not name:
+            raise BadFileError(f"column {index + 1} has no name in the header {_quoted(names)}")
+        else:
+            key = normalize.header_key(name)
+            target = fields.get(key) or DEFAULT_FIELDS.get(key)
+            target = target or f"{ATTRIBUTES}.{normalize.attribute_key(name)}"
+        if target in taken:
+            first = taken[target]
+            raise BadFileError(
+                f"columns {first + 1} ({normalize.quote(names[first])}) and {index + 1} "
+                f"({normalize.quote(name)}) both map to "
+                f"{target}, in the header {_quoted(names)}")
+        taken[target] = index
+        columns.append((index, target, name))
+    return columns
+
+
+def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str]) -> Layout:
+    scalars, arrays, attributes = [], [], []
+    id_index, phone_index = -1, None
+    for index, target, name in columns:
+        if target == "external_id":
+            id_index = index
+        elif target == "phone":
+            phone_index = index
+        elif target in _SCALAR_CONVERTERS:
+            scalars.append((index, target, _SCALAR_CONVERTERS[target]))
+        elif target in ARRAY_FIELDS:
+            arrays.append((index, target))
+        else:
+            key = target.removeprefix(ATTRIBUTES + ".")
+            column_type = types.get(normalize.header_key(name), "string")
+            attributes.append((index, key, _attribute_converter(key, name, column_type)))
+    return Layout(width, id_index, phone_index, tuple(scalars), tuple(arrays), tuple(attributes))
+
+
+def _attribute_converter(key: str, name: str, column_type: str) -> Convert | None:
+    """None for plain strings; a key too long for Braze rejects only rows with a value there."""
+    if len(key) > MAX_CHARS:
+        return partial(_reject, f"column {normalize.quote(name)} makes a {ATTRIBUTES} key of "
+                                f"{len(key)} characters; Braze allows {MAX_CHARS}")
+    if column_type == "string":
+        return None
+    return partial(normalize.TYPE_CONVERTERS[column_type], field=f"{ATTRIBUTES}.{key}")
+
+
+def _reject(reason: str, value: str) -> object:
+    """A converter that refuses every value."""
+    raise RowRejected(reason)
+
+
+def _quoted(names: tuple[str, ...]) -> str:
+    """The header for an error message, cut short: a file without line breaks is one huge cell."""
+    text = repr(list(names))
+    return text if len(text) <= 500 else text[:500] + "...]"
