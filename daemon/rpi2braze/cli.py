@@ -1,0 +1,144 @@
+"""The `rpi2braze` command. The interface contract (DESIGN.md) fixes its subcommands and options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rpi2braze import __version__
+from rpi2braze.errors import ConfigError, Rpi2BrazeError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                               help="config file (default: $RPI2BRAZE_CONFIG, then /etc/rpi2braze/config.yaml)")
+    parser = argparse.ArgumentParser(prog="rpi2braze", parents=[config_option],
+                                     description="Deliver Redpoint RPI Outbound Delivery exports to Braze.")
+    parser.add_argument("--version", action="version", version=f"rpi2braze {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", parents=[config_option], help="run the daemon (SIGTERM/SIGINT: drain and exit 0)")
+    process = commands.add_parser("process", parents=[config_option], help="deliver these workflow folders now and exit")
+    process.add_argument("folders", nargs="+", metavar="FOLDER", help="<base>/<Channel>/<Offer>/<Workflow ID>")
+    check = commands.add_parser("check-config", parents=[config_option], help="validate the config and report every problem")
+    check.add_argument("--print-schema", action="store_true", help="print a JSON Schema of the config and exit")
+    status = commands.add_parser("status", parents=[config_option], help="workflows recorded in the state file")
+    status.add_argument("--json", action="store_true", help="a JSON array, one object per workflow")
+    status.add_argument("--all", action="store_true", help="include delivered workflows in the table")
+    retry = commands.add_parser("retry", parents=[config_option], help="re-queue a failed or quarantined workflow")
+    retry.add_argument("workflow_id")
+    sandbox = commands.add_parser("sandbox", help="a local Braze stand-in for demos and tests")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=4010)
+    sandbox.add_argument("--api-key", default="sandbox-key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    handler = COMMANDS[arguments.command]
+    try:
+        return handler(arguments)
+    except ConfigError as error:
+        print(f"rpi2braze: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Rpi2BrazeError as error:
+        print(f"rpi2braze: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+
+
+def _settings(arguments: argparse.Namespace):
+    from rpi2braze.config import load_settings, resolve_config_path
+    return load_settings(resolve_config_path(getattr(arguments, "config", None)))
+
+
+def _configure_logging(settings, interactive: bool = False) -> None:
+    from rpi2braze import log
+    log.configure(settings.log_level, "console" if interactive and sys.stderr.isatty() else settings.log_format)
+
+
+def command_run(arguments: argparse.Namespace) -> int:
+    from rpi2braze.daemon import Daemon
+    settings = _settings(arguments)
+    _configure_logging(settings)
+    return Daemon(settings).run()
+
+
+def command_process(arguments: argparse.Namespace) -> int:
+    from rpi2braze.process import process_folders
+    settings = _settings(arguments)
+    _configure_logging(settings, interactive=True)
+    return process_folders(settings, arguments.folders)
+
+
+def command_check_config(arguments: argparse.Namespace) -> int:
+    from rpi2braze.config import json_schema
+    if arguments.print_schema:
+        print(json.dumps(json_schema(), indent=2))
+        return EXIT_OK
+    settings = _settings(arguments)
+    print(f"config OK: {len(settings.sources)} source(s) ({', '.join(s.name for s in settings.sources)}), "
+          f"channels: {', '.join(f'{name} ({mode})' for name, mode in settings.channels.items())}, "
+          f"state: {settings.state.path}")
+    return EXIT_OK
+
+
+def command_status(arguments: argparse.Namespace) -> int:
+    from rpi2braze.model import WorkflowStatus
+    from rpi2braze.state import StateStore
+    settings = _settings(arguments)
+    store = StateStore(settings.state.path)
+    try:
+        records = store.records()
+    finally:
+        store.close()
+    if arguments.json:
+        print(json.dumps([record.as_json() for record in records], indent=2))
+        return EXIT_OK
+    shown = records if arguments.all else [r for r in records if r.status != WorkflowStatus.DELIVERED]
+    counts = {str(status): sum(1 for r in records if r.status == status) for status in WorkflowStatus}
+    print("  ".join(f"{name}: {count}" for name, count in counts.items()))
+    for record in shown:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.updated_at))
+        print(f"{record.status:<12} {when}  {record.key.source}: {record.key.relpath}  "
+              f"delivered {record.rows_delivered}, rejected {record.rows_rejected}"
+              + (f"\n{'':14}reason: {record.reason}" if record.reason else ""))
+    return EXIT_OK
+
+
+def command_retry(arguments: argparse.Namespace) -> int:
+    from rpi2braze.state import StateStore
+    settings = _settings(arguments)
+    store = StateStore(settings.state.path)
+    try:
+        records = store.find(arguments.workflow_id)
+        if not records:
+            print(f"rpi2braze: no workflow {arguments.workflow_id!r} in {settings.state.path}", file=sys.stderr)
+            return EXIT_FAILED
+        for record in records:
+            requeued = store.requeue(record.key)
+            print(f"re-queued {requeued.key.source}: {requeued.key.relpath} (was {record.status})")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def command_sandbox(arguments: argparse.Namespace) -> int:
+    from rpi2braze.sandbox.server import serve
+    return serve(arguments.host, arguments.port, arguments.api_key)
+
+
+COMMANDS = {
+    "run": command_run,
+    "process": command_process,
+    "check-config": command_check_config,
+    "status": command_status,
+    "retry": command_retry,
+    "sandbox": command_sandbox,
+}

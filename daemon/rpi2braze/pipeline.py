@@ -1,0 +1,34 @@
+"""The parts every delivery needs, built once from Settings and torn down together."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+from rpi2braze.ratelimit import RateLimiter
+from rpi2braze.sender import SenderPool
+from rpi2braze.settings import Settings
+from rpi2braze.state import StateStore
+from rpi2braze.worker import DeliveryContext
+
+
+@dataclass
+class Pipeline:
+    """A state store, one rate limiter per workspace, and the sender pool that shares it."""
+
+    context: DeliveryContext
+    limiter: RateLimiter
+
+    @classmethod
+    def open(cls, settings: Settings, stop: threading.Event) -> "Pipeline":
+        state = StateStore(settings.state.path)
+        braze = settings.braze
+        limiter = RateLimiter(braze.rate_limit.requests, braze.rate_limit.per_seconds)
+        pool = SenderPool(braze, limiter, stop)
+        state_dir = os.path.dirname(os.path.abspath(settings.state.path))
+        return cls(DeliveryContext(settings, state, pool, stop, state_dir), limiter)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.context.pool.close(timeout)
+        self.context.state.close()

@@ -1,0 +1,83 @@
+"""`rpi2braze process FOLDER...`: deliver named workflow folders now, in the foreground."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import replace
+
+from rpi2braze.errors import Rpi2BrazeError, SourceError
+from rpi2braze.files import data_files
+from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowStatus
+from rpi2braze.pipeline import Pipeline
+from rpi2braze.settings import Settings, SourceSettings
+from rpi2braze.sources.local import LocalSource
+from rpi2braze.worker import FolderDelivery
+
+AD_HOC_SOURCE = "local"
+
+
+def source_for(settings: Settings, base: str) -> SourceSettings:
+    """The configured local/poll source whose base is `base`, else an ad-hoc local source."""
+    for source in settings.sources:
+        if source.type in ("local", "poll") and os.path.realpath(source.path) == os.path.realpath(base):
+            return source
+    return SourceSettings(name=AD_HOC_SOURCE, type="local", path=base, settle_seconds=0)
+
+
+def resolve_folder(settings: Settings, path: str) -> tuple[ExportFolder, LocalSource, SourceSettings]:
+    """Given <base>/<Channel>/<Offer>/<Workflow ID>, return the folder to deliver and its source.
+
+    Raise SourceError if it is not a folder, its channel is not configured, or it has no data file.
+    """
+    folder_path = os.path.abspath(path.rstrip("/\\") or path)
+    if not os.path.isdir(folder_path):
+        raise SourceError(f"{path}: not a folder")
+    offer_path, workflow_id = os.path.split(folder_path)
+    channel_path, offer = os.path.split(offer_path)
+    base, channel = os.path.split(channel_path)
+    if channel not in settings.channels:
+        raise SourceError(f"{path}: channel folder {channel!r} is not a configured channel "
+                          f"({', '.join(settings.channels)}); expected <base>/<Channel>/<Offer>/<Workflow ID>")
+    source_settings = source_for(settings, base)
+    source = LocalSource(replace(source_settings, path=base), watch=False)
+    key = WorkflowKey(source_settings.name, channel, offer, workflow_id)
+    files = data_files(source.list_dir(key.relpath), source_settings.data_files)
+    if not files:
+        raise SourceError(f"{path}: no data file matching {', '.join(source_settings.data_files)}")
+    return ExportFolder(key, settings.channels[channel], files, folder_path), source, source_settings
+
+
+def process_folders(settings: Settings, paths: list[str]) -> int:
+    """Deliver each folder; return 0 if every one is delivered (now or before), 1 otherwise."""
+    pipeline = Pipeline.open(settings, threading.Event())
+    failures = 0
+    try:
+        for path in paths:
+            failures += not _process_one(settings, pipeline, path)
+    finally:
+        pipeline.close()
+    return 1 if failures else 0
+
+
+def _process_one(settings: Settings, pipeline: Pipeline, path: str) -> bool:
+    try:
+        folder, source, source_settings = resolve_folder(settings, path)
+    except Rpi2BrazeError as error:
+        print(f"rpi2braze: {error}", file=sys.stderr)
+        return False
+    state = pipeline.context.state
+    existing = state.get(folder.key)
+    if existing is not None and existing.status == WorkflowStatus.DELIVERED:
+        print(f"already delivered: {folder.location} ({existing.rows_delivered} rows); not sent again")
+        return True
+    if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
+        print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; "
+              f"after fixing it: rpi2braze retry {folder.key.workflow_id}", file=sys.stderr)
+        return False
+    status = FolderDelivery(folder, source, source_settings, pipeline.context).run()
+    record = state.get(folder.key)
+    print(f"{status}: {folder.location}: {record.rows_delivered} rows delivered, {record.rows_rejected} rejected"
+          + (f"; reason: {record.reason}" if record.reason else ""))
+    return status == WorkflowStatus.DELIVERED

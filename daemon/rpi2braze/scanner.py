@@ -1,0 +1,202 @@
+"""One Scanner serves every source: it lists <Channel>/<Offer>/<Workflow ID>/ and queues complete folders.
+
+Events are hints; the scan is the truth. Watchdog events only wake the scanner early; each source
+is listed every `scan_interval_seconds`, and sooner when a folder is due to settle. Folders the
+state file records as finished are never listed again, so a large tree of delivered folders costs
+one listing per offer folder per scan.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from rpi2braze import metrics
+from rpi2braze.completion import Observation, is_complete, observe
+from rpi2braze.errors import SourceError, SourceUnavailable
+from rpi2braze.files import data_files
+from rpi2braze.log import get_logger
+from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey, WorkflowStatus
+from rpi2braze.settings import SourceSettings
+from rpi2braze.sources.base import Source
+from rpi2braze.state import StateStore
+
+log = get_logger(__name__)
+
+FINISHED = (WorkflowStatus.DELIVERED, WorkflowStatus.QUARANTINED, WorkflowStatus.FAILED)
+RETRY_PENDING_SECONDS = 30.0   # a folder postponed (Braze refused, source hiccup) is retried after this
+WAKE_DEBOUNCE_SECONDS = 0.5
+
+Submit = Callable[[ExportFolder, Source, SourceSettings], None]
+
+
+@dataclass
+class _Watched:
+    settings: SourceSettings
+    source: Source
+    next_scan: float = 0.0
+    up: bool = True
+    observations: dict[WorkflowKey, Observation] = field(default_factory=dict)
+
+
+class Scanner:
+    """Finds complete workflow folders and hands them to `submit`. Runs in its own thread."""
+
+    def __init__(self, sources: list[tuple[SourceSettings, Source]], channels: dict[str, ChannelMode],
+                 state: StateStore, submit: Submit, stop: threading.Event, clock: Callable[[], float] = time.monotonic):
+        self._watched = {settings.name: _Watched(settings, source) for settings, source in sources}
+        for name in self._watched:
+            metrics.register_source(name)
+        self._channels = channels
+        self._state = state
+        self._submit = submit
+        self._stop = stop
+        self._clock = clock
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._busy: set[WorkflowKey] = set()           # queued or being delivered
+        self._held: dict[WorkflowKey, float] = {}      # postponed until this time
+        self._finished: set[WorkflowKey] = set()
+        self._warned: set[tuple[str, str, str]] = set()
+        self._unwatch: list[Callable[[], None]] = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        for watched in self._watched.values():
+            stop_watching = watched.source.watch(self.wake)
+            if stop_watching:
+                self._unwatch.append(stop_watching)
+        try:
+            while not self._stop.is_set():
+                next_due = self.scan_due()
+                self._wake.wait(max(0.05, next_due - self._clock()))
+                if self._wake.is_set():
+                    self._stop.wait(WAKE_DEBOUNCE_SECONDS)
+                    self._wake.clear()
+                    for watched in self._watched.values():
+                        watched.next_scan = min(watched.next_scan, self._clock())
+        finally:
+            for stop_watching in self._unwatch:
+                stop_watching()
+
+    def scan_due(self) -> float:
+        """Scan every source that is due; return when the next one is due (monotonic seconds)."""
+        self._refresh_finished()
+        for watched in self._watched.values():
+            if self._clock() >= watched.next_scan and not self._stop.is_set():
+                watched.next_scan = self._scan_source(watched)
+        return min(watched.next_scan for watched in self._watched.values())
+
+    def release(self, key: WorkflowKey, status: WorkflowStatus) -> None:
+        """A worker is done with `key`: finished, or postponed and to be retried later."""
+        with self._lock:
+            self._busy.discard(key)
+            if status in FINISHED:
+                self._finished.add(key)
+            elif status == WorkflowStatus.PENDING:
+                self._held[key] = self._clock() + RETRY_PENDING_SECONDS
+        self.wake()
+
+    def queue_now(self, source_name: str, channel: str, offer: str, workflow_id: str) -> ExportFolder | None:
+        """RPI said this folder is complete: queue it without waiting to settle.
+
+        Raise SourceError if the source or channel is unknown. Return None if it is already
+        finished or being delivered, or has no data file yet (the regular scan will find it).
+        """
+        watched = self._watched.get(source_name)
+        if watched is None:
+            raise SourceError(f"unknown source {source_name!r}")
+        if channel not in self._channels:
+            raise SourceError(f"channel {channel!r} is not configured (channels: {', '.join(self._channels)})")
+        key = WorkflowKey(source_name, channel, offer, workflow_id)
+        return self._consider(watched, key, force=True)
+
+    def _refresh_finished(self) -> None:
+        finished = {record.key for record in self._state.records(FINISHED)}
+        with self._lock:
+            self._finished = finished
+
+    def _scan_source(self, watched: _Watched) -> float:
+        settings = watched.settings
+        seen: set[WorkflowKey] = set()
+        try:
+            for channel in self._folders(watched, ""):
+                if channel not in self._channels:
+                    self._warn_once("unknown_channel_folder", settings.name, channel,
+                                    "not one of the configured channels; left alone")
+                    continue
+                for offer in self._folders(watched, channel):
+                    for workflow_id in self._folders(watched, f"{channel}/{offer}"):
+                        seen.add(key := WorkflowKey(settings.name, channel, offer, workflow_id))
+                        self._consider_safely(watched, key)
+            self._set_up(watched, True, "")
+            watched.observations = {key: value for key, value in watched.observations.items() if key in seen}
+        except SourceUnavailable as error:
+            self._set_up(watched, False, str(error))
+        return self._clock() + self._next_delay(watched)
+
+    def _consider_safely(self, watched: _Watched, key: WorkflowKey) -> None:
+        """Consider one folder; a folder that cannot be used (a symlink out of the base) is skipped."""
+        try:
+            self._consider(watched, key)
+        except SourceUnavailable:
+            raise
+        except SourceError as error:
+            self._warn_once("folder_unusable", key.source, key.relpath, str(error))
+
+    def _folders(self, watched: _Watched, relpath: str) -> list[str]:
+        return sorted(entry.name for entry in watched.source.list_dir(relpath)
+                      if entry.is_dir and not entry.name.startswith("."))
+
+    def _consider(self, watched: _Watched, key: WorkflowKey, force: bool = False) -> ExportFolder | None:
+        with self._lock:
+            if key in self._finished or key in self._busy or (not force and self._held.get(key, 0) > self._clock()):
+                return None
+        settings = watched.settings
+        entries = watched.source.list_dir(key.relpath)
+        now = self._clock()
+        if key not in watched.observations:
+            metrics.FOLDERS.labels(source=key.source, outcome="seen").inc()
+        observation = observe(watched.observations.get(key), entries, now)
+        watched.observations[key] = observation
+        settle = 0.0 if force else settings.settle_seconds
+        if not is_complete(observation, now, settle, settings.marker_file, settings.data_files):
+            return None
+        folder = ExportFolder(key, self._channels[key.channel], data_files(entries, settings.data_files),
+                              watched.source.describe(key.relpath))
+        with self._lock:
+            self._busy.add(key)
+            self._held.pop(key, None)
+        watched.observations.pop(key, None)
+        log.info("folder_queued", source=key.source, channel=key.channel, offer=key.offer,
+                 workflow_id=key.workflow_id, files=[entry.name for entry in folder.data_files], forced=force)
+        metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
+        self._submit(folder, watched.source, settings)
+        return folder
+
+    def _next_delay(self, watched: _Watched) -> float:
+        """Scan again at the interval, or sooner when an observed folder is due to settle."""
+        delay = watched.settings.scan_interval_seconds
+        now = self._clock()
+        for observation in watched.observations.values():
+            due = observation.since + watched.settings.settle_seconds - now
+            delay = min(delay, max(0.05, due + 0.05))
+        return delay
+
+    def _set_up(self, watched: _Watched, up: bool, reason: str) -> None:
+        if watched.up != up:
+            (log.info if up else log.error)("source_up" if up else "source_down", source=watched.settings.name, reason=reason)
+        watched.up = up
+        metrics.SOURCE_UP.labels(source=watched.settings.name).set(1 if up else 0)
+
+    def _warn_once(self, event: str, source: str, folder: str, hint: str) -> None:
+        if (event, source, folder) not in self._warned:
+            self._warned.add((event, source, folder))
+            log.warning(event, source=source, folder=folder, hint=hint)
+
+    def sources_up(self) -> dict[str, bool]:
+        return {name: watched.up for name, watched in self._watched.items()}

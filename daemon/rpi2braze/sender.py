@@ -1,0 +1,207 @@
+"""Sending batches to Braze: retry, split, map errors back to rows; and the pool of sender threads.
+
+Batches are routed to a sender thread by their partition, and a partition only ever holds the
+objects of the same users (batcher.partition_of), so a later batch for a user is never overtaken
+by an earlier one while many requests are in flight.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from typing import Callable
+
+from rpi2braze import metrics
+from rpi2braze.batcher import encode_body
+from rpi2braze.braze_client import BrazeClient, TrackResponse
+from rpi2braze.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
+from rpi2braze.log import get_logger
+from rpi2braze.model import Batch, DeliveryResult, RawRow, Rejection
+from rpi2braze.ratelimit import RateLimiter
+from rpi2braze.settings import BrazeSettings
+
+log = get_logger(__name__)
+
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 60.0
+QUEUE_DEPTH_PER_SENDER = 2
+_SENTINEL = None
+
+
+class Abandoned(DeliveryError):
+    """The daemon is stopping: the batch was not (or not surely) delivered; it stays unacknowledged."""
+
+
+def backoff_delay(attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt, 30)))
+
+
+class BatchSender:
+    """Delivers one batch at a time over its own BrazeClient. Owned by one sender thread."""
+
+    def __init__(self, client: BrazeClient, limiter: RateLimiter, stop: threading.Event, rng: random.Random):
+        self._client = client
+        self._limiter = limiter
+        self._stop = stop
+        self._rng = rng
+
+    def deliver(self, batch: Batch) -> DeliveryResult:
+        """Send `batch` until Braze acknowledges it; return what was delivered and rejected.
+
+        Retries without limit while the daemon runs (a Braze outage loses nothing). Raise
+        PermanentDeliveryError if Braze refuses the key or endpoint, Abandoned when stopping.
+        """
+        delivered, rejections, requests = self._send(list(batch.objects), list(batch.rows))
+        return DeliveryResult(batch.key, batch.number, delivered, tuple(rejections), requests)
+
+    def _send(self, objects: list[dict], rows: list[tuple[RawRow, ...]]) -> tuple[int, list[Rejection], int]:
+        try:
+            response, requests = self._post_with_retry(encode_body(objects))
+        except SplittableDeliveryError as error:
+            if len(objects) == 1:
+                return 0, [Rejection(row, str(error)) for row in rows[0]], 1
+            middle = len(objects) // 2
+            first = self._send(objects[:middle], rows[:middle])
+            second = self._send(objects[middle:], rows[middle:])
+            return first[0] + second[0], first[1] + second[1], first[2] + second[2] + 1
+        rejections = _rejections(response, rows)
+        return sum(len(group) for group in rows) - len(rejections), rejections, requests
+
+    def _post_with_retry(self, body: bytes) -> tuple[TrackResponse, int]:
+        attempt = 0
+        while True:
+            waited = self._limiter.acquire(self._stop)
+            if waited is None:
+                raise Abandoned("stopping before the batch was sent")
+            metrics.RATE_LIMITER_WAIT_SECONDS.inc(waited)
+            try:
+                response = self._track(body)
+            except RetryableDeliveryError as error:
+                attempt += 1
+                metrics.RETRIES.inc()
+                self._wait_before_retry(error, attempt)
+                continue
+            self._limiter.observe(response.rate_remaining, response.rate_reset_seconds)
+            return response, attempt + 1
+
+    def _track(self, body: bytes) -> TrackResponse:
+        """One request, counted by status in the metrics."""
+        metrics.REQUESTS_IN_FLIGHT.inc()
+        try:
+            response = self._client.track(body)
+        except DeliveryError as error:
+            metrics.REQUESTS.labels(status=str(error.status or "error")).inc()
+            metrics.RATE_LIMITED.inc(error.status == 429)
+            metrics.BRAZE_UP.set(0 if isinstance(error, PermanentDeliveryError) or error.status is None else 1)
+            raise
+        finally:
+            metrics.REQUESTS_IN_FLIGHT.dec()
+        metrics.REQUESTS.labels(status=str(response.status)).inc()
+        metrics.BRAZE_UP.set(1)
+        return response
+
+    def _wait_before_retry(self, error: RetryableDeliveryError, attempt: int) -> None:
+        if error.status == 429:
+            # Braze's limit is per workspace: every sender pauses, not only this one.
+            self._limiter.pause(error.retry_after if error.retry_after is not None else backoff_delay(attempt, self._rng))
+        delay = backoff_delay(attempt, self._rng) if error.status != 429 else 0.0
+        log.warning("batch_retry", status=error.status, attempt=attempt, delay=round(delay, 2), error=str(error))
+        if self._stop.wait(delay) or self._stop.is_set():
+            raise Abandoned(f"stopping while retrying: {error}")
+
+
+def _rejections(response: TrackResponse, rows: list[tuple[RawRow, ...]]) -> list[Rejection]:
+    """Map Braze's per-object errors[] (index into attributes) back to the rows of those objects."""
+    rejected: list[Rejection] = []
+    seen: set[int] = set()
+    for item in response.errors:
+        index = item.get("index")
+        if item.get("input_array", "attributes") != "attributes" or not isinstance(index, int):
+            log.warning("braze_error_unmapped", item=item)
+            continue
+        if 0 <= index < len(rows) and index not in seen:
+            seen.add(index)
+            reason = f"Braze rejected the object: {item.get('type') or item.get('message') or item}"
+            rejected.extend(Rejection(row, reason) for row in rows[index])
+    return rejected
+
+
+OnDone = Callable[[Batch, "DeliveryResult | Exception"], None]
+
+
+class SenderPool:
+    """`threads` sender threads, each with its own BrazeClient, sharing one RateLimiter.
+
+    `submit` blocks while the batch's sender is busy (back-pressure keeps memory flat). Setting
+    `stop` makes senders abandon queued batches and stop retrying; `close` ends the threads.
+    """
+
+    def __init__(self, settings: BrazeSettings, limiter: RateLimiter, stop: threading.Event,
+                 threads: int | None = None, client_factory: Callable[[BrazeSettings], BrazeClient] = BrazeClient):
+        self.threads = threads or settings.concurrency
+        self._stop = stop
+        self._queues = [queue.Queue(QUEUE_DEPTH_PER_SENDER) for _ in range(self.threads)]
+        self._workers = [
+            threading.Thread(target=self._run, args=(index, settings, limiter, client_factory),
+                             name=f"sender-{index}", daemon=True)
+            for index in range(self.threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, batch: Batch, on_done: OnDone) -> None:
+        """Queue `batch` for its partition's sender; `on_done(batch, result_or_error)` runs in that thread."""
+        target = self._queues[batch.partition % self.threads]
+        while True:
+            if self._stop.is_set():
+                on_done(batch, Abandoned("stopping"))
+                return
+            try:
+                target.put((batch, on_done), timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self, index: int, settings: BrazeSettings, limiter: RateLimiter, client_factory) -> None:
+        client = client_factory(settings)
+        sender = BatchSender(client, limiter, self._stop, random.Random())
+        try:
+            while (item := self._queues[index].get()) is not _SENTINEL:
+                batch, on_done = item
+                on_done(batch, self._deliver(sender, batch))
+        finally:
+            client.close()
+
+    def _deliver(self, sender: BatchSender, batch: Batch) -> DeliveryResult | Exception:
+        if self._stop.is_set():
+            return Abandoned("stopping")
+        started = time.monotonic()
+        try:
+            result = sender.deliver(batch)
+        except DeliveryError as error:
+            return error
+        except Exception as error:  # a bug must not kill the sender thread and strand the folder
+            log.exception("sender_crashed", batch=batch.number)
+            return error
+        seconds = time.monotonic() - started
+        metrics.BATCH_DELIVERY_SECONDS.observe(seconds)
+        log.debug("batch_delivered", workflow_id=batch.key.workflow_id, batch=batch.number,
+                  rows=result.rows_delivered, rejected=len(result.rejections), seconds=round(seconds, 3))
+        return result
+
+    def alive(self) -> bool:
+        return all(worker.is_alive() for worker in self._workers)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Ask every sender to finish and wait up to `timeout` seconds in all."""
+        for target in self._queues:
+            try:
+                target.put_nowait(_SENTINEL)
+            except queue.Full:
+                threading.Thread(target=target.put, args=(_SENTINEL,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))

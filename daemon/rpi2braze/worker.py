@@ -1,0 +1,182 @@
+"""Deliver one complete workflow folder: read, map, batch, send, record, archive.
+
+One `FolderDelivery` per folder. It streams every data file once, numbers its batches
+deterministically, skips batches the state file says Braze already acknowledged (a restart after
+a crash), and hands the rest to the shared SenderPool. The folder is DELIVERED only when every
+batch is acknowledged; only then is it archived.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+from rpi2braze import archive, metrics
+from rpi2braze.batcher import build_batches
+from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
+from rpi2braze.errors import BadFileError, PermanentDeliveryError, RowRejected, SourceError
+from rpi2braze.files import data_files
+from rpi2braze.log import get_logger
+from rpi2braze.mapping import map_row, plan_columns
+from rpi2braze.model import Batch, DeliveryResult, ExportFolder, Rejection, WorkflowStatus
+from rpi2braze.reader import Table, open_data_stream, read_table
+from rpi2braze.sender import SenderPool
+from rpi2braze.settings import Settings, SourceSettings
+from rpi2braze.sources.base import Source
+from rpi2braze.state import StateStore
+
+log = get_logger(__name__)
+
+BYTES_PER_PARTITION = 2 * 1024 * 1024  # below this much data per sender, fewer, fuller requests
+
+
+@dataclass(frozen=True)
+class DeliveryContext:
+    """What every folder delivery shares."""
+
+    settings: Settings
+    state: StateStore
+    pool: SenderPool
+    stop: threading.Event
+    state_dir: str
+
+
+def partitions_for(folder: ExportFolder, senders: int) -> int:
+    """How many partitions (parallel request streams) a folder of this size deserves."""
+    total = sum(entry.size for entry in folder.data_files)
+    return max(1, min(senders, total // BYTES_PER_PARTITION + 1))
+
+
+class FolderDelivery:
+    """Delivers one folder; `run()` returns the workflow's status afterwards."""
+
+    def __init__(self, folder: ExportFolder, source: Source, source_settings: SourceSettings, context: DeliveryContext):
+        self.folder = folder
+        self.key = folder.key
+        self._source = source
+        self._source_settings = source_settings
+        self._context = context
+        self._lock = threading.Condition()
+        self._outstanding = 0
+        self._failure: Exception | None = None
+        self._interrupted = False
+        self._deadletter: DeadLetterWriter | None = None
+
+    def run(self) -> WorkflowStatus:
+        state = self._context.state
+        state.record_seen(self.key, self.folder.location)
+        try:
+            with contextlib.ExitStack() as stack:
+                tables = self._open_tables(stack)
+                partitions, acked = state.begin(self.key, partitions_for(self.folder, self._context.pool.threads))
+                path = deadletter_path(os.path.join(self._context.state_dir, "deadletter"), self.key)
+                self._deadletter = stack.enter_context(DeadLetterWriter(path, tables[0].header))
+                self._send_all(tables, partitions, acked)
+        except BadFileError as error:
+            return self._quarantine(str(error))
+        except SourceError as error:
+            self._wait_outstanding()
+            return self._postpone(f"source problem: {error}")
+        return self._conclude()
+
+    def _open_tables(self, stack: contextlib.ExitStack) -> list[Table]:
+        """Open every data file and read its header before anything is sent (a bad file sends nothing)."""
+        current = {entry.name: entry for entry in data_files(self._source.list_dir(self.key.relpath), self._source_settings.data_files)}
+        if current != {entry.name: entry for entry in self.folder.data_files}:
+            raise SourceError("the folder changed after it settled; it will be looked at again")
+        tables = []
+        for entry in self.folder.data_files:
+            raw = stack.enter_context(self._source.open_file(f"{self.key.relpath}/{entry.name}"))
+            stream = stack.enter_context(open_data_stream(raw, entry.name))
+            tables.append(read_table(stream, self._source_settings.reading, entry.name))
+        if not tables:
+            raise BadFileError(f"{self.folder.location}: no data file")
+        return tables
+
+    def _items(self, tables: list[Table]) -> Iterator:
+        mapping = self._context.settings.mapping
+        for table in tables:
+            plan = plan_columns(table.header, mapping)
+            for row in table.rows:
+                try:
+                    yield row, map_row(plan, row, self.key.offer, self.folder.mode, mapping.default_phone_region)
+                except RowRejected as rejected:
+                    yield Rejection(row, rejected.reason)
+
+    def _send_all(self, tables: list[Table], partitions: int, acked: frozenset[int]) -> None:
+        braze = self._context.settings.braze
+        batches = build_batches(self._items(tables), self.key, partitions,
+                                braze.max_objects_per_request, braze.max_request_bytes)
+        for batch in batches:
+            if self._context.stop.is_set() or self._failure is not None:
+                self._interrupted = True
+                break
+            if batch.number in acked:
+                continue
+            if not batch.objects:
+                self._record(batch, DeliveryResult(self.key, batch.number, 0))
+                continue
+            with self._lock:
+                self._outstanding += 1
+            self._context.pool.submit(batch, self._on_done)
+        self._wait_outstanding()
+
+    def _on_done(self, batch: Batch, outcome: DeliveryResult | Exception) -> None:
+        try:
+            if isinstance(outcome, DeliveryResult):
+                self._record(batch, outcome)
+            elif isinstance(outcome, PermanentDeliveryError):
+                self._failure = outcome
+            else:
+                self._interrupted = True
+                if not self._context.stop.is_set():
+                    self._failure = outcome
+        finally:
+            with self._lock:
+                self._outstanding -= 1
+                self._lock.notify_all()
+
+    def _record(self, batch: Batch, result: DeliveryResult) -> None:
+        """Dead-letter first, then acknowledge: a crash in between re-sends, never loses."""
+        rejections = batch.rejected + result.rejections
+        with self._lock:
+            self._deadletter.write(rejections)
+        if self._context.state.ack_batch(self.key, batch.number, result.rows_delivered, len(rejections)):
+            metrics.ROWS.labels(outcome="delivered").inc(result.rows_delivered)
+            metrics.ROWS.labels(outcome="rejected").inc(len(rejections))
+
+    def _wait_outstanding(self) -> None:
+        with self._lock:
+            while self._outstanding:
+                self._lock.wait(0.5)
+
+    def _conclude(self) -> WorkflowStatus:
+        if self._failure is not None:
+            return self._postpone(str(self._failure))
+        if self._interrupted:
+            log.info("workflow_interrupted", workflow_id=self.key.workflow_id, source=self.key.source)
+            return WorkflowStatus.IN_PROGRESS
+        self._context.state.finish(self.key, WorkflowStatus.DELIVERED)
+        record = self._context.state.get(self.key)
+        log.info("workflow_delivered", source=self.key.source, channel=self.key.channel, offer=self.key.offer,
+                 workflow_id=self.key.workflow_id, rows_delivered=record.rows_delivered,
+                 rows_rejected=record.rows_rejected, location=self.folder.location)
+        metrics.FOLDERS.labels(source=self.key.source, outcome="delivered").inc()
+        archive.after_delivery(self._source, self._source_settings, self.key)
+        return WorkflowStatus.DELIVERED
+
+    def _postpone(self, reason: str) -> WorkflowStatus:
+        log.error("workflow_postponed", workflow_id=self.key.workflow_id, source=self.key.source, reason=reason)
+        self._context.state.set_pending(self.key, reason)
+        metrics.FOLDERS.labels(source=self.key.source, outcome="failed").inc()
+        return WorkflowStatus.PENDING
+
+    def _quarantine(self, reason: str) -> WorkflowStatus:
+        log.error("workflow_quarantined", workflow_id=self.key.workflow_id, source=self.key.source, reason=reason)
+        self._context.state.finish(self.key, WorkflowStatus.QUARANTINED, reason)
+        metrics.FOLDERS.labels(source=self.key.source, outcome="quarantined").inc()
+        archive.quarantine(self._source, self._source_settings, self.key, reason, self._context.state_dir)
+        return WorkflowStatus.QUARANTINED
