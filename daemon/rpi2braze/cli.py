@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
+    from rpi2braze import log
+    log.configure("warning", "console", sys.stderr)
     handler = COMMANDS[arguments.command]
     try:
         return handler(arguments)
@@ -60,7 +62,10 @@ def _settings(arguments: argparse.Namespace):
 
 def _configure_logging(settings, interactive: bool = False) -> None:
     from rpi2braze import log
-    log.configure(settings.log_level, "console" if interactive and sys.stderr.isatty() else settings.log_format)
+    if interactive:
+        log.configure(settings.log_level, "console" if sys.stderr.isatty() else settings.log_format, sys.stderr)
+    else:
+        log.configure(settings.log_level, settings.log_format)
 
 
 def command_run(arguments: argparse.Namespace) -> int:

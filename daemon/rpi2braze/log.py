@@ -13,8 +13,9 @@ import orjson
 import structlog
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
-    """Set up structlog once for the process. `fmt` is "json" or "console"."""
+def configure(level: str = "info", fmt: str = "json", stream=None) -> None:
+    """Set up structlog for the process. `fmt` is "json" or "console"; `stream` defaults to stdout
+    (journald reads it); one-shot commands log to stderr so their stdout stays machine-readable.""""
     renderer = (
         structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode())
         if fmt == "json"
@@ -29,7 +30,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
 

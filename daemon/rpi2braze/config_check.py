@@ -1,0 +1,276 @@
+"""How a config document is read and checked: strict YAML (line and column for a syntax error,
+duplicated keys refused), and the building blocks of the key table (`config_schema.py`): a
+`Scalar`, `ListOf`, `MapOf` or `Section` checks one value (type, range, choices, `${VAR}`).
+
+Checking never stops at the first problem: each is added to a `Checker` as "key.path: what is
+wrong", and the value is left out of the result. Rules that join several keys (api_key or
+api_key_file, the keys each source type needs) live in `config.py`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import yaml
+
+from rpi2braze.errors import ConfigError
+
+INVALID = object()  # a value that failed its check; its problem is already recorded
+
+_VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable, or a key written bare
+_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def parse_yaml(text: str, name: str) -> object:
+    """Given YAML text, return the document. Raise ConfigError naming line and column for a syntax
+    error, and listing every duplicated key (YAML would silently keep the last)."""
+    loader = _StrictLoader(text)
+    try:
+        document = loader.get_single_data()
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
+        detail = f"{error.context}: {error.problem}" if error.context else error.problem
+        raise ConfigError([f"{where}: invalid YAML: {detail}"]) from None
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{name}: YAML error: {type(error).__name__}"]) from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        raise ConfigError([f"{name}:{where}" for where in loader.duplicates])
+    return document
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that records duplicated mapping keys instead of keeping the last one."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                if key_node.value in seen:
+                    mark = key_node.start_mark
+                    self.duplicates.append(f"{mark.line + 1}:{mark.column + 1}: key {key_node.value!r} "
+                                           "appears twice in one mapping")
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+@dataclass
+class Checker:
+    """Collects problems while a document is checked; `environ` feeds `${VAR}`."""
+
+    environ: Mapping[str, str]
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+
+class Checked(dict):
+    """The valid values of one mapping. `given` also names keys that were present but invalid,
+    so a rule like "api_key or api_key_file is required" does not fire twice."""
+
+    def __init__(self, values: dict, given: frozenset[str]):
+        super().__init__(values)
+        self.given = given
+
+
+def key_path(parent: str, key: object) -> str:
+    """Given a parent path and a key, return the key's path: braze.api_key, channels["Braze Append"]."""
+    text = str(key)
+    if _NAME.fullmatch(text):
+        return f"{parent}.{text}" if parent else text
+    return f"{parent}[{json.dumps(text)}]"
+
+
+def describe(value: object) -> str:
+    """Name the YAML type of `value`, never its content (it may be a secret)."""
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return "a boolean (quote words like yes, no, on, off to keep them text)"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "a string" if isinstance(value, str) else type(value).__name__
+
+
+def substitute(text: str, path: str, checker: Checker) -> str | object:
+    """Given a string value, replace each ${VAR} from the environment and $${ by a literal ${.
+    Return INVALID, with a problem recorded, if a variable is unset or malformed."""
+    failed = False
+
+    def replace(match: re.Match) -> str:
+        nonlocal failed
+        if match.group(0) == "$${":
+            return "${"
+        name = match.group(1)
+        if name is None or not _NAME.fullmatch(name):
+            checker.add(path, "malformed ${...}: write ${NAME}, or $${ for a literal ${")
+        elif name not in checker.environ:
+            checker.add(path, f"environment variable {name} is not set")
+        else:
+            return checker.environ[name]
+        failed = True
+        return ""
+
+    result = _VARIABLE.sub(replace, text)
+    return INVALID if failed else result
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """One string, integer, number or boolean, with optional bounds and choices."""
+
+    kind: str
+    doc: str
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None  # exclusive minimum
+    choices: tuple[str, ...] = ()
+    pattern: str | None = None  # a regular expression the whole string must match
+    secret: bool = False
+
+    def check(self, value: object, path: str, checker: Checker) -> object:
+        """Return the value (a float for "float"), or INVALID after recording a problem."""
+        if isinstance(value, str) and "$" in value:
+            value = substitute(value, path, checker)
+            if value is INVALID:
+                return INVALID
+            if self.kind != "str":  # `port: ${SFTP_PORT}` arrives as text; read it as YAML would
+                value = _scalar_from_text(value)
+        if not _is_kind(value, self.kind):
+            checker.add(path, f"must be {_KIND_NAMES[self.kind]}, not {describe(value)}")
+            return INVALID
+        problem = self._out_of_range(value)
+        if problem:
+            checker.add(path, problem)
+            return INVALID
+        return float(value) if self.kind == "float" else value
+
+    def _out_of_range(self, value: object) -> str | None:
+        if self.kind == "str" and not value:
+            return "must not be empty"
+        if self.choices and value not in self.choices:
+            shown = "" if self.secret else f", not {str(value)[:40]!r}"
+            return f"must be one of {', '.join(map(repr, self.choices))}{shown}"
+        if self.pattern and not re.fullmatch(self.pattern, value):
+            return f"must match {self.pattern}"
+        if self.kind in ("int", "float") and not self._in_range(value):
+            return f"must be {self._range_text()}"
+        return None
+
+    def _in_range(self, value: float) -> bool:
+        return ((self.minimum is None or value >= self.minimum)
+                and (self.maximum is None or value <= self.maximum)
+                and (self.above is None or value > self.above))
+
+    def _range_text(self) -> str:
+        if self.minimum is not None and self.maximum is not None:
+            return f"between {self.minimum} and {self.maximum}"
+        lower = f">= {self.minimum}" if self.minimum is not None else f"> {self.above}"
+        return lower if self.maximum is None else f"{lower} and <= {self.maximum}"
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list that must not be empty."""
+
+    item: Scalar | Section
+    doc: str
+
+    def check(self, value: object, path: str, checker: Checker) -> object:
+        if not isinstance(value, list):
+            checker.add(path, f"must be a list, not {describe(value)}")
+            return INVALID
+        if not value:
+            checker.add(path, "must not be empty")
+        checked = [self.item.check(item, f"{path}[{index}]", checker) for index, item in enumerate(value)]
+        return [item for item in checked if item is not INVALID]
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A mapping whose keys are the user's (channel names, column names)."""
+
+    value: Scalar
+    doc: str
+    non_empty: bool = False
+
+    def check(self, value: object, path: str, checker: Checker) -> object:
+        if not isinstance(value, dict):
+            checker.add(path, f"must be a mapping, not {describe(value)}")
+            return INVALID
+        if self.non_empty and not value:
+            checker.add(path, "must not be empty")
+        result = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or not key.strip():
+                checker.add(key_path(path, key), "keys must be non-empty text (quote them)")
+                continue
+            checked = self.value.check(item, key_path(path, key), checker)
+            if checked is not INVALID:
+                result[key] = checked
+        return result
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping with fixed keys. A key given as null (`http:` with nothing below) is absent."""
+
+    keys: dict[str, Scalar | ListOf | MapOf | Section]
+    doc: str
+    required: tuple[str, ...] = ()
+
+    def check(self, value: object, path: str, checker: Checker) -> object:
+        if not isinstance(value, dict):
+            checker.add(path, f"must be a mapping, not {describe(value)}")
+            return INVALID
+        for key in value:
+            if key not in self.keys:
+                checker.add(key_path(path, key), "unknown key" + _suggestion(key, self.keys))
+        result = {}
+        for key, spec in self.keys.items():
+            if value.get(key) is not None:
+                checked = spec.check(value[key], key_path(path, key), checker)
+                if checked is not INVALID:
+                    result[key] = checked
+            elif key in self.required:
+                checker.add(key_path(path, key), "is required")
+        given = frozenset(key for key in self.keys if value.get(key) is not None)
+        return Checked(result, given)
+
+
+def _suggestion(key: object, known: Mapping[str, object]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _is_kind(value: object, kind: str) -> bool:
+    if isinstance(value, bool):
+        return kind == "bool"
+    if kind == "float":
+        return isinstance(value, (int, float))
+    return isinstance(value, {"str": str, "int": int, "bool": bool}[kind])
+
+
+def _scalar_from_text(text: str) -> object:
+    """Read a substituted value the way YAML reads a plain scalar: "16" -> 16, "true" -> True."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (bool, int, float)) else text
