@@ -15,7 +15,7 @@ import structlog
 
 def configure(level: str = "info", fmt: str = "json", stream=None) -> None:
     """Set up structlog for the process. `fmt` is "json" or "console"; `stream` defaults to stdout
-    (journald reads it); one-shot commands log to stderr so their stdout stays machine-readable.""""
+    (journald reads it); one-shot commands log to stderr so their stdout stays machine-readable."""
     renderer = (
         structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode())
         if fmt == "json"
