@@ -69,10 +69,11 @@ def _configure_logging(settings, interactive: bool = False) -> None:
 
 
 def command_run(arguments: argparse.Namespace) -> int:
+    from rpi2braze.config import resolve_config_path
     from rpi2braze.daemon import Daemon
     settings = _settings(arguments)
     _configure_logging(settings)
-    return Daemon(settings).run()
+    return Daemon(settings, resolve_config_path(getattr(arguments, "config", None))).run()
 
 
 def command_process(arguments: argparse.Namespace) -> int:

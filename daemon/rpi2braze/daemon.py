@@ -1,127 +1,146 @@
-"""The long-running daemon: scanner, folder workers and senders, supervised by the main thread.
+"""The long-running process: signals, systemd notifications, the HTTP listener, config reload.
 
 Signal handlers only set flags. The main thread waits on `stop.wait(timeout)`, never an unbounded
-join, and does the logging, health checks and draining. First SIGTERM/SIGINT: warm stop (batches
-in flight finish, nothing new starts, state is flushed, exit 0). Second: stop waiting.
+join, and does the logging, health checks, reloads and draining. First SIGTERM/SIGINT: warm stop
+(batches in flight finish and are recorded, nothing new starts, exit 0). Second: stop waiting.
+SIGHUP: reload the config; an invalid new config is refused and the old one keeps running.
 """
 
 from __future__ import annotations
 
-import queue
 import signal
 import threading
 import time
 
+from rpi2braze import metrics
+from rpi2braze.config import load_settings
+from rpi2braze.engine import Engine
+from rpi2braze.errors import ConfigError, SourceError
+from rpi2braze.health import HEALTH
+from rpi2braze.http_api import HttpApi, PostExecution
 from rpi2braze.log import get_logger
-from rpi2braze.model import ExportFolder, WorkflowStatus
-from rpi2braze.pipeline import Pipeline
-from rpi2braze.scanner import Scanner
-from rpi2braze.settings import Settings, SourceSettings
-from rpi2braze.sources import build_source
-from rpi2braze.sources.base import Source
-from rpi2braze.worker import FolderDelivery
+from rpi2braze.notify import Notifier
+from rpi2braze.settings import Settings
 
 log = get_logger(__name__)
 
 SUPERVISE_SECONDS = 1.0
+STATUS_EVERY_SECONDS = 5.0
 DRAIN_GRACE_SECONDS = 5.0
-_SENTINEL = None
 
 
 class Daemon:
-    """Owns every thread of a running rpi2braze; `run()` returns the process exit code."""
+    """Owns the running Engine and everything around it; `run()` returns the exit code."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, config_path: str | None = None, notifier: Notifier | None = None):
         self.settings = settings
+        self.config_path = config_path
         self.stop = threading.Event()
         self._force = threading.Event()
-        self._folders: queue.Queue = queue.Queue()
-        self._threads: list[threading.Thread] = []
-        self._targets: dict[str, object] = {}
-        self._pipeline: Pipeline | None = None
-        self._scanner: Scanner | None = None
-        self._sources: dict[str, Source] = {}
+        self._reload = threading.Event()
+        self._notifier = notifier or Notifier()
+        self._engine: Engine | None = None
+        self._http: HttpApi | None = None
+        self._next_status = 0.0
 
     def run(self) -> int:
         self._install_signal_handlers()
         try:
-            self._start()
+            self._engine = Engine(self.settings).start()
+            self._http = self._start_http(self.settings)
             log.info("daemon_started", sources=[s.name for s in self.settings.sources], workers=self.settings.workers,
-                     senders=self.settings.braze.concurrency, state=self.settings.state.path)
+                     senders=self.settings.braze.concurrency, state=self.settings.state.path,
+                     http=self._http.port if self._http else None)
+            self._notifier.ready()
             while not self.stop.wait(SUPERVISE_SECONDS):
-                self._supervise()
+                self._tick()
             log.info("daemon_stopping", reason="signal")
-            self._drain()
+            self._notifier.stopping()
+            self._engine.drain(self._drain_deadline(), self._force)
             return 0
         finally:
             self._teardown()
 
-    def _start(self) -> None:
-        self._pipeline = Pipeline.open(self.settings, self.stop)
-        pairs = [(source_settings, build_source(source_settings)) for source_settings in self.settings.sources]
-        self._sources = {settings.name: source for settings, source in pairs}
-        self._scanner = Scanner(pairs, self.settings.channels, self._pipeline.context.state, self._enqueue, self.stop)
-        self._spawn("scanner", self._scanner.run)
-        for index in range(self.settings.workers):
-            self._spawn(f"folder-worker-{index}", self._work)
+    def _tick(self) -> None:
+        if self._reload.is_set():
+            self._reload.clear()
+            self._reload_config()
+        self._engine.supervise()
+        self._notifier.watchdog()
+        if time.monotonic() >= self._next_status:
+            self._next_status = time.monotonic() + STATUS_EVERY_SECONDS
+            self._report_status()
 
-    def _spawn(self, name: str, target) -> None:
-        self._targets[name] = target
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
+    def _report_status(self) -> None:
+        state = self._engine.pipeline.context.state
+        pending = state.pending()
+        oldest = min((record.first_seen for record in pending), default=None)
+        metrics.OLDEST_PENDING_FOLDER_AGE_SECONDS.set(time.time() - oldest if oldest else 0)
+        metrics.QUEUE_DEPTH.set(self._engine.queue_depth)
+        self._notifier.status(f"{self._engine.queue_depth} queued, {self._engine.in_progress} delivering, "
+                              f"{len(pending)} pending")
 
-    def _enqueue(self, folder: ExportFolder, source: Source, source_settings: SourceSettings) -> None:
-        self._folders.put((folder, source, source_settings))
+    def _reload_config(self) -> None:
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as error:
+            log.error("reload_refused", problems=error.problems, hint="the running configuration stays in force")
+            return
+        self._notifier.reloading()
+        log.info("reload_started")
+        self._engine.drain(self._drain_deadline(), self._force)
+        self._engine.close(timeout=5.0)
+        if self._http is not None:
+            self._http.stop()
+        self.settings = settings
+        self._engine = Engine(settings).start()
+        self._http = self._start_http(settings)
+        self._notifier.ready()
+        log.info("reload_done", sources=[s.name for s in settings.sources])
 
-    def _work(self) -> None:
-        while not self.stop.is_set():
-            try:
-                item = self._folders.get(timeout=SUPERVISE_SECONDS)
-            except queue.Empty:
-                continue
-            if item is _SENTINEL:
-                return
-            folder, source, source_settings = item
-            status = WorkflowStatus.IN_PROGRESS
-            try:
-                status = FolderDelivery(folder, source, source_settings, self._pipeline.context).run()
-            except Exception:
-                log.exception("folder_worker_error", workflow_id=folder.key.workflow_id, source=folder.key.source)
-                status = WorkflowStatus.PENDING
-            finally:
-                self._scanner.release(folder.key, status)
+    def _start_http(self, settings: Settings) -> HttpApi | None:
+        if settings.http is None:
+            return None
+        http = settings.http
+        return HttpApi(http.listen_host, http.listen_port, http.token, self._on_post_execution, self._health).start()
 
-    def _supervise(self) -> None:
-        """Replace a dead thread (a bug must not silently stop delivery)."""
-        for index, thread in enumerate(self._threads):
-            if not thread.is_alive() and not self.stop.is_set():
-                log.error("thread_died", thread=thread.name)
-                replacement = threading.Thread(target=self._targets[thread.name], name=thread.name, daemon=True)
-                replacement.start()
-                self._threads[index] = replacement
+    def _on_post_execution(self, call: PostExecution) -> str:
+        source = self._post_execution_source()
+        described = self._engine.queue_now(source, call.channelName, call.offerName, call.workflowAssociationInstanceID)
+        log.info("post_execution_received", source=source, channel=call.channelName, offer=call.offerName,
+                 workflow_id=call.workflowAssociationInstanceID, channel_execution_id=call.channelExecutionID,
+                 folder=described)
+        return described
 
-    def _drain(self) -> None:
-        deadline = time.monotonic() + self.settings.braze.timeout_seconds + DRAIN_GRACE_SECONDS
-        for _ in self._threads:
-            self._folders.put(_SENTINEL)
-        for thread in self._threads:
-            while thread.is_alive() and not self._force.is_set() and time.monotonic() < deadline:
-                thread.join(0.2)
-        if any(thread.is_alive() for thread in self._threads):
-            log.warning("daemon_stop_forced", waiting=[t.name for t in self._threads if t.is_alive()])
+    def _post_execution_source(self) -> str:
+        named = self.settings.http.post_execution_source if self.settings.http else None
+        if named:
+            return named
+        for source in self.settings.sources:
+            if source.type in ("local", "poll"):
+                return source.name
+        raise SourceError("no local or poll source to resolve RPI's call against; set http.post_execution_source")
+
+    def _health(self) -> tuple[bool, dict]:
+        healthy, details = HEALTH.report()
+        details["queued"] = self._engine.queue_depth if self._engine else 0
+        return healthy and not self.stop.is_set(), details
+
+    def _drain_deadline(self) -> float:
+        return time.monotonic() + self.settings.braze.timeout_seconds + DRAIN_GRACE_SECONDS
 
     def _teardown(self) -> None:
         self.stop.set()
-        for source in self._sources.values():
-            source.close()
-        if self._pipeline is not None:
-            self._pipeline.close(timeout=0.0 if self._force.is_set() else 5.0)
+        if self._http is not None:
+            self._http.stop()
+        if self._engine is not None:
+            self._engine.close(timeout=0.0 if self._force.is_set() else 5.0)
         log.info("daemon_stopped")
 
     def _install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, lambda signum, frame: self._reload.set())
 
     def _on_stop_signal(self, signum, frame) -> None:
         if self.stop.is_set():

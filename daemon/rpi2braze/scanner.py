@@ -17,6 +17,7 @@ from rpi2braze import metrics
 from rpi2braze.completion import Observation, is_complete, observe
 from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.files import data_files
+from rpi2braze.health import HEALTH
 from rpi2braze.log import get_logger
 from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.settings import SourceSettings
@@ -168,7 +169,9 @@ class Scanner:
             return None
         folder = ExportFolder(key, self._channels[key.channel], data_files(entries, settings.data_files),
                               watched.source.describe(key.relpath))
-        with self._lock:
+        with self._lock:  # the HTTP thread (RPI's call) and the scan may reach the same folder at once
+            if key in self._finished or key in self._busy:
+                return None
             self._busy.add(key)
             self._held.pop(key, None)
         watched.observations.pop(key, None)
@@ -191,6 +194,7 @@ class Scanner:
         if watched.up != up:
             (log.info if up else log.error)("source_up" if up else "source_down", source=watched.settings.name, reason=reason)
         watched.up = up
+        HEALTH.mark(f"source:{watched.settings.name}", up, reason)
         metrics.SOURCE_UP.labels(source=watched.settings.name).set(1 if up else 0)
 
     def _warn_once(self, event: str, source: str, folder: str, hint: str) -> None:

@@ -1,0 +1,124 @@
+"""Everything that delivers, built from one Settings: sources, scanner, folder workers, senders.
+
+The daemon owns one Engine at a time; a config reload drains the old engine (batches in flight
+finish and are recorded) and starts a new one, so changed sources and keys take effect without a
+restart and without losing anything.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+from rpi2braze.errors import SourceError
+from rpi2braze.log import get_logger
+from rpi2braze.model import ExportFolder, WorkflowStatus
+from rpi2braze.pipeline import Pipeline
+from rpi2braze.scanner import Scanner
+from rpi2braze.settings import Settings, SourceSettings
+from rpi2braze.sources import build_source
+from rpi2braze.sources.base import Source
+from rpi2braze.worker import FolderDelivery
+
+log = get_logger(__name__)
+
+POLL_SECONDS = 1.0
+_SENTINEL = None
+
+
+class Engine:
+    """Owns the delivery threads of one configuration."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.stop = threading.Event()
+        self._folders: queue.Queue = queue.Queue()
+        self._targets: dict[str, object] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._in_progress = 0
+        self._count_lock = threading.Lock()
+        self.pipeline = Pipeline.open(settings, self.stop)
+        pairs = [(source_settings, build_source(source_settings)) for source_settings in settings.sources]
+        self._sources = {source_settings.name: source for source_settings, source in pairs}
+        self.scanner = Scanner(pairs, settings.channels, self.pipeline.context.state, self._enqueue, self.stop)
+
+    def start(self) -> "Engine":
+        self._spawn("scanner", self.scanner.run)
+        for index in range(self.settings.workers):
+            self._spawn(f"folder-worker-{index}", self._work)
+        return self
+
+    @property
+    def queue_depth(self) -> int:
+        return self._folders.qsize()
+
+    @property
+    def in_progress(self) -> int:
+        return self._in_progress
+
+    def queue_now(self, source_name: str, channel: str, offer: str, workflow_id: str) -> str:
+        """RPI's Post-Execution call: queue that folder now. Return what happened, for the caller."""
+        for part in (channel, offer, workflow_id):
+            if part in ("", ".", "..") or any(bad in part for bad in ("/", "\\", "\x00")):
+                raise SourceError(f"not a usable folder name: {part!r}")
+        folder = self.scanner.queue_now(source_name, channel, offer, workflow_id)
+        relpath = f"{channel}/{offer}/{workflow_id}"
+        return folder.location if folder else f"{relpath} (not queued now: finished, busy, or no data file yet)"
+
+    def supervise(self) -> None:
+        """Replace a dead thread: a bug must not silently stop delivery."""
+        for name, thread in list(self._threads.items()):
+            if not thread.is_alive() and not self.stop.is_set():
+                log.error("thread_died", thread=name)
+                self._spawn(name, self._targets[name])
+
+    def drain(self, deadline: float, force: threading.Event) -> None:
+        """Stop taking work, let batches in flight finish until `deadline` (monotonic) or `force`."""
+        self.stop.set()
+        for _ in self._threads:
+            self._folders.put(_SENTINEL)
+        for thread in self._threads.values():
+            while thread.is_alive() and not force.is_set() and time.monotonic() < deadline:
+                thread.join(0.2)
+        waiting = [name for name, thread in self._threads.items() if thread.is_alive()]
+        if waiting:
+            log.warning("drain_incomplete", waiting=waiting)
+
+    def close(self, timeout: float) -> None:
+        self.stop.set()
+        for source in self._sources.values():
+            source.close()
+        self.pipeline.close(timeout)
+
+    def _spawn(self, name: str, target) -> None:
+        self._targets[name] = target
+        self._threads[name] = threading.Thread(target=target, name=name, daemon=True)
+        self._threads[name].start()
+
+    def _enqueue(self, folder: ExportFolder, source: Source, source_settings: SourceSettings) -> None:
+        self._folders.put((folder, source, source_settings))
+
+    def _work(self) -> None:
+        while not self.stop.is_set():
+            try:
+                item = self._folders.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if item is _SENTINEL:
+                return
+            self._deliver(*item)
+
+    def _deliver(self, folder: ExportFolder, source: Source, source_settings: SourceSettings) -> None:
+        status = WorkflowStatus.IN_PROGRESS
+        with self._count_lock:
+            self._in_progress += 1
+        try:
+            status = FolderDelivery(folder, source, source_settings, self.pipeline.context).run()
+        except Exception:
+            log.exception("folder_worker_error", workflow_id=folder.key.workflow_id, source=folder.key.source)
+            status = WorkflowStatus.PENDING
+        finally:
+            with self._count_lock:
+                self._in_progress -= 1
+            self.scanner.release(folder.key, status)

@@ -1,0 +1,165 @@
+"""The daemon as a service: RPI's Post-Execution call, sd_notify, SIGHUP reload, SIGTERM mid-delivery,
+/metrics and `retry`, each against a real `rpi2braze run` process and the Braze sandbox."""
+
+import os
+import shutil
+import signal
+import socket
+
+import httpx
+import pytest
+
+from daemon_helpers import API_KEY, DaemonProcess, cli, local_source, status, wait_for, wait_status, write_config
+from rpi2braze.sandbox.server import Faults, SandboxServer
+
+pytestmark = pytest.mark.slow
+
+UPSERT = "Braze Onboarding and Upsert"
+RPI_BODY = {
+    "interactionID": "7d200b95-6f0c-4c47-9a0f-3c5e1d2f9b11", "workflowAssociationID": "a1fa2a17-0d7e-4f8e-b1a8-5d1c2e3f4a5b",
+    "workflowAssociationInstanceID": "8828", "dataflowID": "24951", "offerName": "Spring Offer",
+    "channelName": UPSERT, "activityName": "Braze", "channelOfferName": "Spring Offer",
+    "channelExecutionID": "5719", "clientID": "73d74e87-1c2b-4a5d-9e8f-0a1b2c3d4e5f",
+}
+
+
+def export(path, rows: int, prefix: str = "u") -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("external_id,first_name,Output Name\n")
+        handle.writelines(f"{prefix}-{n},Name{n},Gold\n" for n in range(rows))
+
+
+@pytest.fixture
+def sandbox():
+    with SandboxServer(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def running(tmp_path):
+    started = []
+
+    def start(config, **env):
+        started.append(DaemonProcess(config, str(tmp_path / "daemon.log"), extra_env=env).start())
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.stop_quietly()
+
+
+def http_port(daemon: DaemonProcess) -> int:
+    return next(event["http"] for event in daemon.events() if event.get("event") == "daemon_started")
+
+
+def test_rpi_post_execution_queues_the_folder_without_waiting_to_settle(tmp_path, sandbox, running):
+    drop = tmp_path / "drop"
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=3600),
+                          extra="http:\n  listen: 127.0.0.1:0\n  token: s3cret-token\n")
+    export(drop / UPSERT / "Spring Offer" / "8828" / "RPI_Export_5719.txt", 10)
+    daemon = running(config)
+    url = f"http://127.0.0.1:{http_port(daemon)}/rpi/post-execution"
+
+    assert httpx.post(url, json=RPI_BODY).status_code == 401
+    hostile = httpx.post(url, json={**RPI_BODY, "offerName": "../../etc"}, headers={"Authorization": "Bearer s3cret-token"})
+    assert hostile.status_code == 400
+    answer = httpx.post(url, json=RPI_BODY, headers={"Authorization": "Bearer s3cret-token"})
+    assert answer.status_code == 202, answer.text
+    wait_status(config, "8828", "delivered", timeout=20)   # settle_seconds is an hour: only the call explains it
+    assert len(sandbox.store.all()) == 10
+    metrics = httpx.get(f"http://127.0.0.1:{http_port(daemon)}/metrics").text
+    assert "rpi2braze_rows_total{outcome=\"delivered\"} 10.0" in metrics
+    assert httpx.get(f"http://127.0.0.1:{http_port(daemon)}/healthz").status_code == 200
+    assert "s3cret-token" not in daemon.log()
+    assert daemon.terminate() == 0
+
+
+def test_sd_notify_ready_status_watchdog_and_stopping(tmp_path, sandbox, running):
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(15)
+    try:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "drop")))
+        daemon = running(config, NOTIFY_SOCKET=address, WATCHDOG_USEC="2000000")
+        messages = []
+        while not {"READY=1", "WATCHDOG=1"} <= set(messages) or not any(m.startswith("STATUS=") for m in messages):
+            messages.extend(listener.recv(4096).decode().splitlines())
+        assert messages[0] == "READY=1"
+        daemon.process.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in messages:
+            messages.extend(listener.recv(4096).decode().splitlines())
+        assert daemon.wait(30) == 0
+    finally:
+        listener.close()
+
+
+def test_sighup_applies_a_good_config_and_refuses_a_broken_one(tmp_path, sandbox, running):
+    first, second = tmp_path / "first", tmp_path / "second"
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(first), settle=0.5))
+    daemon = running(config)
+    export(first / UPSERT / "Offer" / "1" / "RPI_Export_1.txt", 5, "one")
+    wait_status(config, "1", "delivered")
+
+    good = open(config).read().replace(str(first), str(second))
+    with open(config, "w") as handle:
+        handle.write(good)
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload_done" in daemon.log(), 20, what="reload_done")
+    export(second / UPSERT / "Offer" / "2" / "RPI_Export_2.txt", 5, "two")
+    wait_status(config, "2", "delivered")
+
+    with open(config, "w") as handle:
+        handle.write(good.replace("settle_seconds: 0.5", "settle_seconds: -1\n    bogus_key: 1"))
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload_refused" in daemon.log(), 20, what="reload_refused")
+    refused = next(e for e in daemon.events() if e.get("event") == "reload_refused")
+    assert any("settle_seconds" in problem for problem in refused["problems"])
+    assert any("bogus_key" in problem for problem in refused["problems"])
+    export(second / UPSERT / "Offer" / "3" / "RPI_Export_3.txt", 5, "three")
+    # the old (good) config still runs; `status` would refuse the broken file, so ask the sandbox
+    wait_for(lambda: "three-4" in sandbox.store.all(), 20, what="delivery under the old config")
+    assert daemon.process.poll() is None
+    assert daemon.terminate() == 0
+
+
+def test_sigterm_mid_delivery_loses_nothing(tmp_path, running):
+    rows = 3000
+    with SandboxServer(api_key=API_KEY, faults=Faults(latency_seconds=0.05)) as sandbox:
+        drop = tmp_path / "drop"
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=0.5),
+                              braze_extra="  concurrency: 2\n")
+        daemon = running(config)
+        export(drop / UPSERT / "Offer" / "9" / "RPI_Export_9.txt", rows)
+        wait_for(lambda: len(sandbox.requests) >= 3, 30, 0.05, "delivery to start")
+        assert daemon.terminate(timeout=30) == 0
+        record = next(r for r in status(config) if r["workflow_id"] == "9")
+        assert record["status"] != "delivered"
+        assert 0 < record["rows_delivered"] < rows
+        running(config)
+        wait_status(config, "9", "delivered", timeout=60)
+        assert sorted(sandbox.store.all()) == sorted(f"u-{n}" for n in range(rows))
+        assert next(r for r in status(config) if r["workflow_id"] == "9")["rows_delivered"] == rows
+
+
+def test_retry_requeues_a_quarantined_workflow(tmp_path, sandbox, running):
+    drop = tmp_path / "drop"
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=0.5))
+    folder = drop / UPSERT / "Offer" / "5"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_5.txt").write_text("first_name\nAnn\n")
+    daemon = running(config)
+    quarantined = wait_status(config, "5", "quarantined")
+    assert "external_id" in quarantined["reason"]
+    table = cli(config, "status")
+    assert "quarantined" in table.stdout and "external_id" in table.stdout
+
+    shutil.rmtree(folder)
+    export(folder / "RPI_Export_5.txt", 3, "fixed")
+    retried = cli(config, "retry", "5")
+    assert retried.returncode == 0 and "re-queued" in retried.stdout
+    wait_status(config, "5", "delivered")
+    assert sorted(sandbox.store.all()) == ["fixed-0", "fixed-1", "fixed-2"]
+    assert cli(config, "retry", "nope").returncode == 1
+    assert daemon.terminate() == 0
