@@ -13,7 +13,7 @@ from typing import BinaryIO, Callable
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from rpi2braze.errors import SourceError, SourceUnavailable
+from rpi2braze.errors import BadFileError, SourceUnavailable
 from rpi2braze.model import FileEntry
 from rpi2braze.settings import SourceSettings
 from rpi2braze.sources.base import normalise_relpath, safe_join
@@ -53,8 +53,8 @@ class LocalSource:
         path = safe_join(self.base, relpath)
         try:
             return open(path, "rb", buffering=1024 * 1024)
-        except PermissionError as error:
-            raise SourceError(f"source {self.name}: cannot read {path}: {error.strerror}") from None
+        except PermissionError as error:  # an operator must fix it: quarantine, then `retry`
+            raise BadFileError(f"cannot read {path}: {error.strerror}") from None
         except OSError as error:
             raise SourceUnavailable(f"source {self.name}: cannot open {path}: {error.strerror}") from None
 

@@ -1,0 +1,103 @@
+"""Bad input end to end: each bad export gets a clear message, and nothing else is lost.
+
+Every case is delivered with `process_folders` to the Braze sandbox over real HTTP, then the
+state file, the dead-letter CSV and the sandbox's profiles are read back.
+"""
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from daemon_helpers import API_KEY, environment, local_source, write_config
+from rpi2braze.config import load_settings
+from rpi2braze.process import process_folders
+from rpi2braze.sandbox.server import SandboxServer
+from rpi2braze.state import StateStore
+
+UPSERT = "Braze Onboarding and Upsert"
+HEADER = b"external_id,email,Note\n"
+GOOD = b"ok-1,one@example.com,a\nok-2,two@example.com,b\n"
+
+# name, file content, expected status, rows delivered, rows rejected, words in the reason
+CASES = [
+    ("empty file", b"", "quarantined", 0, 0, "empty"),
+    ("header only", HEADER, "delivered", 0, 0, None),
+    ("no external_id column", b"email,Note\none@example.com,a\n", "quarantined", 0, 0, "external_id"),
+    ("duplicate headers", b"external_id,Email,email\nx,a@example.com,b@example.com\n", "quarantined", 0, 0, "email"),
+    ("ragged row", HEADER + GOOD + b"bad-1,x@example.com,a,extra\n", "delivered", 2, 1, "fields"),
+    ("short row", HEADER + GOOD + b"bad-1,x@example.com\n", "delivered", 2, 1, "fields"),
+    ("invalid UTF-8", HEADER + GOOD + b"bad-1,x@example.com,caf\xe9\n", "delivered", 2, 1, "UTF-8"),
+    ("NUL byte", HEADER + GOOD + b"bad-1,x@example.com,a\x00b\n", "delivered", 2, 1, "NUL"),
+    ("1 MB field", HEADER + GOOD + b"bad-1,x@example.com," + b"y" * 1_000_000 + b"\n", "delivered", 2, 1, "255"),
+    ("row without an id", HEADER + GOOD + b",x@example.com,a\n", "delivered", 2, 1, "external_id"),
+    ("bad email", HEADER + GOOD + b"bad-1,not-an-email,a\n", "delivered", 2, 1, "email"),
+    ("value over 255 characters", HEADER + GOOD + b"bad-1,x@example.com," + b"z" * 256 + b"\n", "delivered", 2, 1, "255"),
+]
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with SandboxServer(api_key=API_KEY) as server:
+        yield server
+
+
+def setup(tmp_path, sandbox, content: bytes, channel: str = UPSERT):
+    folder = tmp_path / "exports" / channel / "Offer" / "42"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_42.txt").write_bytes(content)
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+    os.environ["TEST_BRAZE_API_KEY"] = API_KEY
+    return load_settings(config), config, folder
+
+
+def deadletter_rows(tmp_path) -> list[dict]:
+    rows = []
+    for root, _, names in os.walk(tmp_path / "state" / "deadletter"):
+        for name in names:
+            with open(os.path.join(root, name), newline="", encoding="utf-8") as handle:
+                rows.extend(csv.DictReader(handle))
+    return rows
+
+
+@pytest.mark.parametrize("name, content, expected, delivered, rejected, words", CASES, ids=[case[0] for case in CASES])
+def test_bad_input(tmp_path, sandbox, name, content, expected, delivered, rejected, words):
+    sandbox.reset()
+    settings, _, folder = setup(tmp_path, sandbox, content)
+    code = process_folders(settings, [str(folder)])
+    with StateStore(settings.state.path) as state:
+        [record] = state.records()
+    assert (record.status, record.rows_delivered, record.rows_rejected) == (expected, delivered, rejected)
+    assert code == (0 if expected == "delivered" else 1)
+    assert sorted(sandbox.store.all()) == (["ok-1", "ok-2"] if delivered else [])
+    if expected == "quarantined":
+        assert words.lower() in record.reason.lower()
+    if rejected:
+        [row] = deadletter_rows(tmp_path)
+        assert words.lower() in row["reason"].lower(), row["reason"]
+        assert row["line"] == "4"
+
+
+def test_unknown_channel_folder_is_refused_with_a_reason(tmp_path, sandbox, capsys):
+    sandbox.reset()
+    settings, _, folder = setup(tmp_path, sandbox, HEADER + GOOD, channel="Some Email Channel")
+    assert process_folders(settings, [str(folder)]) == 1
+    assert "not a configured channel" in capsys.readouterr().err
+    assert sandbox.store.all() == {}
+
+
+@pytest.mark.skipif(not shutil.which("setpriv") and os.geteuid() == 0, reason="root reads any file; needs setpriv to drop that")
+def test_unreadable_file_is_quarantined(tmp_path, sandbox):
+    sandbox.reset()
+    _, config, folder = setup(tmp_path, sandbox, HEADER + GOOD)
+    os.chmod(folder / "RPI_Export_42.txt", 0)
+    # root reads any file: drop the capabilities that allow it, so the permission bits count
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    result = subprocess.run(prefix + [sys.executable, "-m", "rpi2braze", "-c", config, "process", str(folder)],
+                            capture_output=True, text=True, env=environment(), timeout=60)
+    assert result.returncode == 1
+    assert "quarantined" in result.stdout and "Permission denied" in result.stdout
+    assert sandbox.store.all() == {}
