@@ -11,6 +11,7 @@ from rpi2braze.errors import Rpi2BrazeError, SourceError
 from rpi2braze.files import data_files
 from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.pipeline import Pipeline
+from rpi2braze.progress import Progress
 from rpi2braze.settings import Settings, SourceSettings
 from rpi2braze.sources.local import LocalSource
 from rpi2braze.worker import FolderDelivery
@@ -76,7 +77,13 @@ def _process_one(settings: Settings, pipeline: Pipeline, path: str) -> bool:
         print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; "
               f"after fixing it: rpi2braze retry {folder.key.workflow_id}", file=sys.stderr)
         return False
-    status = FolderDelivery(folder, source, source_settings, pipeline.context).run()
+    delivery = FolderDelivery(folder, source, source_settings, pipeline.context)
+    if sys.stderr.isatty():
+        state.record_seen(folder.key, folder.location)
+        with Progress(state, folder.key, sys.stderr):
+            status = delivery.run()
+    else:
+        status = delivery.run()
     record = state.get(folder.key)
     print(f"{status}: {folder.location}: {record.rows_delivered} rows delivered, {record.rows_rejected} rejected"
           + (f"; reason: {record.reason}" if record.reason else ""))

@@ -101,3 +101,4 @@ def test_unreadable_file_is_quarantined(tmp_path, sandbox):
     assert result.returncode == 1
     assert "quarantined" in result.stdout and "Permission denied" in result.stdout
     assert sandbox.store.all() == {}
+

@@ -1,0 +1,101 @@
+"""The command line as a user runs it: exit codes, messages, -c placement, the sandbox, progress."""
+
+import glob
+import json
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from daemon_helpers import API_KEY, environment, local_source, wait_for, write_config
+from rpi2braze.sandbox.server import SandboxServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UPSERT = "Braze Onboarding and Upsert"
+
+
+def rpi2braze(*arguments, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "rpi2braze", *arguments], capture_output=True, text=True,
+                          env=env or environment(), timeout=60, **kwargs)
+
+
+@pytest.mark.parametrize("example", sorted(glob.glob(os.path.join(ROOT, "config", "*.yaml"))),
+                         ids=os.path.basename)
+def test_example_configs_pass_check_config(example, tmp_path):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "braze_api_key").write_text("key-from-credentials\n")
+    env = {**environment(), "BRAZE_API_KEY": "k", "RPI2BRAZE_TOKEN": "t", "CREDENTIALS_DIRECTORY": str(credentials),
+           "STATE_DIRECTORY": str(tmp_path / "state"), "SFTP_KEY_PASSPHRASE": "p", "FTP_PASSWORD": "p"}
+    result = rpi2braze("check-config", "-c", example, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("config OK")
+
+
+def test_check_config_reports_every_problem_at_once_with_exit_2(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("braze:\n  rest_endpoint: http://example.com\n  api_key: super-secret-value\n"
+                      "  concurrency: 0\nstate: {path: x.db}\nsources:\n  - name: a\n    type: nfs\n    path: /x\n"
+                      "    settle_secs: 3\n")
+    result = rpi2braze("-c", str(config), "check-config")
+    assert result.returncode == 2
+    for expected in ("braze.rest_endpoint", "braze.concurrency", "sources[0].type", "sources[0].settle_secs"):
+        assert expected in result.stderr
+    assert "super-secret-value" not in result.stderr + result.stdout
+
+
+def test_print_schema_is_json_schema():
+    result = rpi2braze("check-config", "--print-schema")
+    schema = json.loads(result.stdout)
+    assert result.returncode == 0 and {"braze", "sources", "state"} <= set(schema["properties"])
+
+
+def test_sandbox_command_serves_braze_and_stops_on_sigterm():
+    process = subprocess.Popen([sys.executable, "-m", "rpi2braze", "sandbox", "--port", "0", "--api-key", "k"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment())
+    try:
+        url = process.stdout.readline().strip().split()[-1]
+        answer = httpx.post(f"{url}/users/track", json={"attributes": [{"external_id": "a", "first_name": "A"}]},
+                            headers={"Authorization": "Bearer k"})
+        assert answer.status_code == 201
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_process_shows_progress_on_a_terminal(tmp_path):
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "42"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_42.txt").write_text("external_id,email\nok-1,one@example.com\nok-2,two@example.com\n")
+    sandbox = SandboxServer(api_key=API_KEY).start()
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run([sys.executable, "-m", "rpi2braze", "-c", config, "process", str(folder)],
+                                stdout=subprocess.PIPE, stderr=terminal, env=environment(), timeout=60)
+        os.close(terminal)
+        terminal = None
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        sandbox.stop()
+        os.close(controller)
+        if terminal is not None:
+            os.close(terminal)
+    assert result.returncode == 0
+    assert b"2 rows delivered, 0 rejected" in shown and b"rows/s" in shown
