@@ -86,9 +86,11 @@ class Scanner:
 
     def scan_due(self) -> float:
         """Scan every source that is due; return when the next one is due (monotonic seconds)."""
-        self._refresh_finished()
-        for watched in self._watched.values():
-            if self._clock() >= watched.next_scan and not self._stop.is_set():
+        due = [watched for watched in self._watched.values() if self._clock() >= watched.next_scan]
+        if due:
+            self._refresh_finished()  # `retry` may have re-queued a workflow since the last scan
+        for watched in due:
+            if not self._stop.is_set():
                 watched.next_scan = self._scan_source(watched)
         return min(watched.next_scan for watched in self._watched.values())
 
