@@ -17,22 +17,12 @@ from rpi2braze.errors import SourceError
 from rpi2braze.http_api import HttpApi, PostExecution
 from rpi2braze.secret import Secret
 from rpi2braze.sources.base import safe_join
+from samples import RPI_POST_EXECUTION
 
 TOKEN = "rpi-shared-secret-7f3a"
 CHANNELS = ("Braze Onboarding and Upsert", "Braze Append")
 
-RPI_SAMPLE = {
-    "interactionID": "7d200b95-5c2e-4e8a-9f4b-1a2b3c4d5e6f",
-    "workflowAssociationID": "a1fa2a17-3b4c-4d5e-8f90-0a1b2c3d4e5f",
-    "workflowAssociationInstanceID": "8828",
-    "dataflowID": "24951",
-    "offerName": "Spring Welcome",
-    "channelName": "Braze Onboarding and Upsert",
-    "activityName": "Braze Upsert",
-    "channelOfferName": "Spring Welcome",
-    "channelExecutionID": "5719",
-    "clientID": "73d74e87-1f2a-4b3c-9d8e-7f6a5b4c3d2e",
-}
+RPI_SAMPLE = RPI_POST_EXECUTION
 
 
 class Daemon:

@@ -11,16 +11,12 @@ import pytest
 
 from daemon_helpers import API_KEY, DaemonProcess, cli, local_source, status, wait_for, wait_status, write_config
 from rpi2braze.sandbox.server import Faults, SandboxServer
+from samples import RPI_POST_EXECUTION
 
 pytestmark = pytest.mark.slow
 
 UPSERT = "Braze Onboarding and Upsert"
-RPI_BODY = {
-    "interactionID": "7d200b95-6f0c-4c47-9a0f-3c5e1d2f9b11", "workflowAssociationID": "a1fa2a17-0d7e-4f8e-b1a8-5d1c2e3f4a5b",
-    "workflowAssociationInstanceID": "8828", "dataflowID": "24951", "offerName": "Spring Offer",
-    "channelName": UPSERT, "activityName": "Braze", "channelOfferName": "Spring Offer",
-    "channelExecutionID": "5719", "clientID": "73d74e87-1c2b-4a5d-9e8f-0a1b2c3d4e5f",
-}
+RPI_BODY = {**RPI_POST_EXECUTION, "offerName": "Spring Offer", "channelName": UPSERT}
 
 
 def export(path, rows: int, prefix: str = "u") -> None:
