@@ -29,6 +29,7 @@ log = get_logger(__name__)
 FINISHED = (WorkflowStatus.DELIVERED, WorkflowStatus.QUARANTINED, WorkflowStatus.FAILED)
 RETRY_PENDING_SECONDS = 30.0   # a folder postponed (Braze refused, source hiccup) is retried after this
 WAKE_DEBOUNCE_SECONDS = 0.5
+MAX_DOWN_BACKOFF_SECONDS = 300.0  # an unreachable source is tried again at doubling intervals up to this
 
 Submit = Callable[[ExportFolder, Source, SourceSettings], None]
 
@@ -39,6 +40,7 @@ class _Watched:
     source: Source
     next_scan: float = 0.0
     up: bool = True
+    failures: int = 0
     observations: dict[WorkflowKey, Observation] = field(default_factory=dict)
 
 
@@ -184,8 +186,11 @@ class Scanner:
         return folder
 
     def _next_delay(self, watched: _Watched) -> float:
-        """Scan again at the interval, or sooner when an observed folder is due to settle."""
+        """Scan again at the interval, sooner when an observed folder is due to settle, and at
+        doubling intervals while the source is unreachable."""
         delay = watched.settings.scan_interval_seconds
+        if watched.failures:
+            return min(MAX_DOWN_BACKOFF_SECONDS, delay * 2 ** min(watched.failures - 1, 16))
         now = self._clock()
         for observation in watched.observations.values():
             due = observation.since + watched.settings.settle_seconds - now
@@ -196,6 +201,7 @@ class Scanner:
         if watched.up != up:
             (log.info if up else log.error)("source_up" if up else "source_down", source=watched.settings.name, reason=reason)
         watched.up = up
+        watched.failures = 0 if up else watched.failures + 1
         HEALTH.mark(f"source:{watched.settings.name}", up, reason)
         metrics.SOURCE_UP.labels(source=watched.settings.name).set(1 if up else 0)
 

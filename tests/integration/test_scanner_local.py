@@ -1,0 +1,168 @@
+"""The Scanner over a real local folder and a real state file, with a hand-driven clock."""
+
+import os
+import threading
+
+import pytest
+
+from rpi2braze.health import HEALTH
+from rpi2braze.model import ChannelMode, WorkflowKey, WorkflowStatus
+from rpi2braze.scanner import MAX_DOWN_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
+from rpi2braze.settings import DEFAULT_CHANNELS, SourceSettings
+from rpi2braze.sources.local import LocalSource
+from rpi2braze.state import StateStore
+
+UPSERT = "Braze Onboarding and Upsert"
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class CountingSource(LocalSource):
+    """A real LocalSource that counts which folders it was asked to list."""
+
+    def __init__(self, settings):
+        super().__init__(settings, watch=False)
+        self.listed = []
+
+    def list_dir(self, relpath):
+        self.listed.append(relpath)
+        return super().list_dir(relpath)
+
+
+@pytest.fixture
+def world(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    settings = SourceSettings(name="drop", type="local", path=str(base), settle_seconds=30, scan_interval_seconds=10,
+                              marker_file="done.ok")
+    source = CountingSource(settings)
+    state = StateStore(str(tmp_path / "state.db"))
+    queued = []
+    clock = Clock()
+    scanner = Scanner([(settings, source)], dict(DEFAULT_CHANNELS), state,
+                      lambda folder, src, cfg: queued.append(folder), threading.Event(), clock)
+    yield base, scanner, queued, clock, source, state
+    state.close()
+
+
+def drop(base, workflow_id, content="external_id\nu1\n", channel=UPSERT, name="RPI_Export_1.txt"):
+    folder = base / channel / "Offer" / workflow_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(content)
+    return folder
+
+
+def test_folder_is_queued_only_after_it_settles(world):
+    base, scanner, queued, clock, _, _ = world
+    drop(base, "1")
+    scanner.scan_due()
+    assert queued == []
+    clock.now += 29
+    scanner.scan_due()
+    assert queued == []
+    clock.now += 1.5
+    scanner.scan_due()
+    assert [folder.key.workflow_id for folder in queued] == ["1"]
+    assert queued[0].mode == ChannelMode.UPSERT
+    assert [entry.name for entry in queued[0].data_files] == ["RPI_Export_1.txt"]
+
+
+def test_a_growing_file_restarts_the_settle_time(world):
+    base, scanner, queued, clock, _, _ = world
+    folder = drop(base, "1")
+    scanner.scan_due()
+    clock.now += 25
+    with open(folder / "RPI_Export_1.txt", "a") as export:
+        export.write("u2\n")
+    scanner.scan_due()
+    clock.now += 25
+    scanner.scan_due()
+    assert queued == []
+    clock.now += 6
+    scanner.scan_due()
+    assert len(queued) == 1
+
+
+def test_marker_file_completes_at_once(world):
+    base, scanner, queued, _, _, _ = world
+    folder = drop(base, "1")
+    (folder / "done.ok").write_text("")
+    scanner.scan_due()
+    assert len(queued) == 1
+
+
+def test_unknown_channel_is_never_queued_nor_descended(world):
+    base, scanner, queued, clock, source, _ = world
+    drop(base, "1", channel="Email Channel")
+    for _ in range(3):
+        scanner.scan_due()
+        clock.now += 100
+    assert queued == []
+    assert not any(path.startswith("Email Channel") for path in source.listed)
+
+
+def test_finished_folders_are_not_listed_again(world):
+    base, scanner, queued, clock, source, state = world
+    drop(base, "1")
+    key = WorkflowKey("drop", UPSERT, "Offer", "1")
+    state.record_seen(key, "x")
+    state.begin(key, 1)
+    state.finish(key, WorkflowStatus.DELIVERED)
+    source.listed.clear()
+    scanner.scan_due()
+    clock.now += 100
+    scanner.scan_due()
+    assert queued == []
+    assert f"{UPSERT}/Offer/1" not in source.listed
+
+
+def test_busy_and_postponed_folders_are_not_queued_twice(world):
+    base, scanner, queued, clock, _, _ = world
+    drop(base, "1", name="RPI_Export_1.txt")
+    (base / UPSERT / "Offer" / "1" / "done.ok").write_text("")
+    scanner.scan_due()
+    clock.now += 100
+    scanner.scan_due()
+    assert len(queued) == 1                                  # busy: a worker has it
+    scanner.release(queued[0].key, WorkflowStatus.PENDING)   # postponed (e.g. Braze refused the key)
+    clock.now += RETRY_PENDING_SECONDS - 1
+    scanner.scan_due()
+    assert len(queued) == 1
+    clock.now += 2 + 10
+    scanner.scan_due()
+    assert len(queued) == 2
+
+
+def test_queue_now_skips_the_settle_time_but_not_the_rules(world):
+    base, scanner, queued, _, _, _ = world
+    drop(base, "1")
+    assert scanner.queue_now("drop", UPSERT, "Offer", "1") is not None
+    assert scanner.queue_now("drop", UPSERT, "Offer", "1") is None      # already busy
+    assert scanner.queue_now("drop", UPSERT, "Offer", "missing") is None
+    drop(base, "2", name="RPI_Export_2.txt.part")
+    assert scanner.queue_now("drop", UPSERT, "Offer", "2") is None      # still being written
+    with pytest.raises(Exception, match="not configured"):
+        scanner.queue_now("drop", "Nope", "Offer", "1")
+    assert len(queued) == 1
+
+
+def test_unreachable_source_backs_off_and_reports_unhealthy(world):
+    base, scanner, queued, clock, _, _ = world
+    os.rename(base, str(base) + ".gone")
+    delays = []
+    for _ in range(12):
+        clock.now = scanner.scan_due()
+        delays.append(clock.now)
+    gaps = [later - earlier for earlier, later in zip(delays, delays[1:])]
+    assert gaps[0] < gaps[2] < gaps[4] and max(gaps) == MAX_DOWN_BACKOFF_SECONDS
+    healthy, details = HEALTH.report(threshold=-1)
+    assert not healthy and "source:drop" in details["failing"]
+    os.rename(str(base) + ".gone", base)
+    scanner.scan_due()
+    assert "source:drop" not in HEALTH.report(threshold=-1)[1]["failing"]
