@@ -36,7 +36,7 @@ def quarantine(source: Source, settings: SourceSettings, key: WorkflowKey, reaso
     text = (f"workflow: {key.source}/{key.relpath}\nwhen: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
             f"reason: {reason}\nfolder now at: {moved or source.describe(key.relpath)}\n"
             f"to try again after fixing it: rpi2braze retry {key.workflow_id}\n")
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as reason_file:
         reason_file.write(text)
     return path

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--all", action="store_true", help="include delivered workflows in the table")
     retry = commands.add_parser("retry", parents=[config_option], help="re-queue a failed or quarantined workflow")
     retry.add_argument("workflow_id")
+    retry.add_argument("--force", action="store_true", help="also re-send a workflow that was delivered")
     sandbox = commands.add_parser("sandbox", help="a local Braze stand-in for demos and tests")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=4010)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except Rpi2BrazeError as error:
+    except (Rpi2BrazeError, OSError) as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
@@ -95,11 +96,20 @@ def command_check_config(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _existing_state(settings):
+    """Open the state file for an operator command; a missing file is an error, never created."""
+    import os
+    from rpi2braze.errors import StateError
+    from rpi2braze.state import StateStore
+    if not os.path.exists(settings.state.path):
+        raise StateError(f"no state file at {settings.state.path} (has the daemon run with this config?)")
+    return StateStore(settings.state.path)
+
+
 def command_status(arguments: argparse.Namespace) -> int:
     from rpi2braze.model import WorkflowStatus
-    from rpi2braze.state import StateStore
     settings = _settings(arguments)
-    store = StateStore(settings.state.path)
+    store = _existing_state(settings)
     try:
         records = store.records()
     finally:
@@ -119,20 +129,34 @@ def command_status(arguments: argparse.Namespace) -> int:
 
 
 def command_retry(arguments: argparse.Namespace) -> int:
-    from rpi2braze.state import StateStore
+    from rpi2braze.model import WorkflowStatus
     settings = _settings(arguments)
-    store = StateStore(settings.state.path)
+    store = _existing_state(settings)
     try:
         records = store.find(arguments.workflow_id)
         if not records:
             print(f"rpi2braze: no workflow {arguments.workflow_id!r} in {settings.state.path}", file=sys.stderr)
             return EXIT_FAILED
         for record in records:
+            if record.status == WorkflowStatus.DELIVERED and not arguments.force:
+                print(f"rpi2braze: {record.key.source}: {record.key.relpath} was delivered; "
+                      "add --force to send it again", file=sys.stderr)
+                return EXIT_FAILED
             requeued = store.requeue(record.key)
             print(f"re-queued {requeued.key.source}: {requeued.key.relpath} (was {record.status})")
+            _warn_if_moved(settings, record)
     finally:
         store.close()
     return EXIT_OK
+
+
+def _warn_if_moved(settings, record) -> None:
+    """A quarantined folder may have been moved to quarantine_path: the daemon only looks in the base."""
+    import os
+    source = next((s for s in settings.sources if s.name == record.key.source), None)
+    if source is not None and source.type in ("local", "poll") and not os.path.isdir(record.location):
+        where = f" (quarantined folders go to {source.quarantine_path})" if source.quarantine_path else ""
+        print(f"note: {record.location} is not there; move the folder back for it to be delivered{where}")
 
 
 def command_sandbox(arguments: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ No secret value ever enters a problem message.
 from __future__ import annotations
 
 import codecs
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -90,11 +91,14 @@ def _settings(values: Checked, checker: Checker, base_dir: str) -> Settings:
 
 
 def _braze(values: Checked, checker: Checker, base_dir: str) -> BrazeSettings:
+    ca_file = _local_path(values.get("ca_file"), base_dir)
+    if ca_file is not None and not os.access(ca_file, os.R_OK):
+        checker.add("braze.ca_file", f"cannot read {ca_file}")
     return BrazeSettings(
         rest_endpoint=_endpoint(values.get("rest_endpoint"), values.get("allow_insecure_http", False), checker),
         api_key=_secret(values, "api_key", "braze", checker, base_dir, required=True),
         rate_limit=RateLimit(**values.get("rate_limit", {})),
-        ca_file=_local_path(values.get("ca_file"), base_dir),
+        ca_file=ca_file,
         **_pick(values, "allow_insecure_http", "concurrency", "timeout_seconds", "max_objects_per_request",
                 "max_request_bytes"),
     )
@@ -199,10 +203,21 @@ def _http(values: Checked, sources: tuple[SourceSettings | None, ...], checker: 
         checker.add("http.post_execution_source", f"no source is named {target!r}")
     if target is None:
         target = next((source.name for source in sources if source and source.type in LOCAL_TYPES), None)
-    return HttpSettings(
+    settings = HttpSettings(
         token=_secret(values, "token", "http", checker, base_dir), post_execution_source=target,
         **_listen(values.get("listen"), checker),
     )
+    if settings.token is None and not _is_loopback(settings.listen_host):
+        # without a token anyone on the network could make the daemon read a folder before it is complete
+        checker.add("http.token", f"required when http.listen is not a loopback address ({settings.listen_host})")
+    return settings
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _listen(text: str | None, checker: Checker) -> dict:

@@ -46,14 +46,16 @@ class Daemon:
     def run(self) -> int:
         self._install_signal_handlers()
         try:
-            self._engine = Engine(self.settings).start()
-            self._http = self._start_http(self.settings)
+            self._engine, self._http = self._start_engine(self.settings)
             log.info("daemon_started", sources=[s.name for s in self.settings.sources], workers=self.settings.workers,
                      senders=self.settings.braze.concurrency, state=self.settings.state.path,
                      http=self._http.port if self._http else None)
             self._notifier.ready()
             while not self.stop.wait(SUPERVISE_SECONDS):
-                self._tick()
+                try:
+                    self._tick()
+                except Exception:  # a busy state file or a failed reload must not end the daemon
+                    log.exception("supervision_error")
             log.info("daemon_stopping", reason="signal")
             self._notifier.stopping()
             self._engine.drain(self._drain_deadline(), self._force)
@@ -92,34 +94,40 @@ class Daemon:
         self._engine.close(timeout=5.0)
         if self._http is not None:
             self._http.stop()
-        self.settings = settings
-        self._engine = Engine(settings).start()
-        self._http = self._start_http(settings)
+        try:
+            self._engine, self._http = self._start_engine(settings)
+            self.settings = settings
+            log.info("reload_done", sources=[s.name for s in settings.sources])
+        except Exception as error:
+            # the new config validated but cannot start (port taken, state file busy): go back to the old one
+            log.error("reload_failed", error=str(error), hint="the previous configuration runs again")
+            self._engine, self._http = self._start_engine(self.settings)
         self._notifier.ready()
-        log.info("reload_done", sources=[s.name for s in settings.sources])
 
-    def _start_http(self, settings: Settings) -> HttpApi | None:
+    def _start_engine(self, settings: Settings) -> tuple[Engine, HttpApi | None]:
+        engine = Engine(settings)
+        try:
+            http = self._start_http(settings, engine)
+        except Exception:
+            engine.close(timeout=0.0)
+            raise
+        return engine.start(), http
+
+    def _start_http(self, settings: Settings, engine: Engine) -> HttpApi | None:
         if settings.http is None:
             return None
         http = settings.http
-        return HttpApi(http.listen_host, http.listen_port, http.token, self._on_post_execution, self._health).start()
+        return HttpApi(http.listen_host, http.listen_port, http.token,
+                       lambda call: self._on_post_execution(engine, http.post_execution_source, call), self._health).start()
 
-    def _on_post_execution(self, call: PostExecution) -> str:
-        source = self._post_execution_source()
-        described = self._engine.queue_now(source, call.channelName, call.offerName, call.workflowAssociationInstanceID)
+    def _on_post_execution(self, engine: Engine, source: str | None, call: PostExecution) -> str:
+        if source is None:
+            raise SourceError("no local or poll source to resolve RPI's call against; set http.post_execution_source")
+        described = engine.queue_now(source, call.channelName, call.offerName, call.workflowAssociationInstanceID)
         log.info("post_execution_received", source=source, channel=call.channelName, offer=call.offerName,
                  workflow_id=call.workflowAssociationInstanceID, channel_execution_id=call.channelExecutionID,
                  folder=described)
         return described
-
-    def _post_execution_source(self) -> str:
-        named = self.settings.http.post_execution_source if self.settings.http else None
-        if named:
-            return named
-        for source in self.settings.sources:
-            if source.type in ("local", "poll"):
-                return source.name
-        raise SourceError("no local or poll source to resolve RPI's call against; set http.post_execution_source")
 
     def _health(self) -> tuple[bool, dict]:
         healthy, details = HEALTH.report()

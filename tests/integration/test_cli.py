@@ -99,3 +99,25 @@ def test_process_shows_progress_on_a_terminal(tmp_path):
             os.close(terminal)
     assert result.returncode == 0
     assert b"2 rows delivered, 0 rejected" in shown and b"rows/s" in shown
+
+
+def test_status_and_retry_refuse_a_missing_state_file_without_creating_it(tmp_path):
+    config = write_config(str(tmp_path), "http://127.0.0.1:9", local_source(str(tmp_path / "drop")))
+    for arguments in (("status", "--json"), ("retry", "1")):
+        result = rpi2braze("-c", config, *arguments)
+        assert result.returncode == 1 and "no state file" in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "7"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_7.txt").write_text("external_id\nu-1\n")
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        assert rpi2braze("-c", config, "process", str(folder)).returncode == 0
+    refused = rpi2braze("-c", config, "retry", "7")
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    forced = rpi2braze("-c", config, "retry", "7", "--force")
+    assert forced.returncode == 0 and "re-queued" in forced.stdout
+    assert json.loads(rpi2braze("-c", config, "status", "--json").stdout)[0]["status"] == "pending"

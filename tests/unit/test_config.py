@@ -284,6 +284,7 @@ def test_state_path(state, environ, expected):
 def test_relative_paths_are_relative_to_the_config_folder(tmp_path, monkeypatch):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "key").write_text("k")
+    (tmp_path / "conf" / "ca.pem").write_text("not checked beyond being readable")
     config = tmp_path / "conf" / "rpi2braze.yaml"
     config.write_text(yaml.safe_dump(document(
         (("braze", "api_key"), DELETE), (("braze", "api_key_file"), "key"), (("braze", "ca_file"), "ca.pem"),
@@ -453,3 +454,29 @@ def hand_validate(value, schema, path="$"):
     for index, item in enumerate(value if isinstance(value, list) else []):
         failures += hand_validate(item, schema.get("items", {}), f"{path}[{index}]")
     return failures
+
+
+def test_unreadable_braze_ca_file_is_a_problem(tmp_path):
+    doc = document((("braze", "ca_file"), str(tmp_path / "missing.pem")))
+    with pytest.raises(ConfigError) as raised:
+        parse_settings(doc, ENV)
+    assert any(problem.startswith("braze.ca_file: cannot read") for problem in raised.value.problems)
+
+
+@pytest.mark.parametrize("listen, token, refused", [
+    ("0.0.0.0:8787", None, True),
+    ("10.1.2.3:8787", None, True),
+    ("0.0.0.0:8787", "t0ken", False),
+    ("127.0.0.1:8787", None, False),
+    ("[::1]:8787", None, False),
+    ("localhost:8787", None, False),
+])
+def test_http_token_required_off_loopback(listen, token, refused):
+    http = {"listen": listen, **({"token": token} if token else {})}
+    doc = document((("http",), http))
+    if refused:
+        with pytest.raises(ConfigError) as raised:
+            parse_settings(doc, ENV)
+        assert any(problem.startswith("http.token: required") for problem in raised.value.problems)
+    else:
+        assert parse_settings(doc, ENV).http.listen_host in listen
