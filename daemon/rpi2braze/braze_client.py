@@ -129,11 +129,11 @@ class BrazeClient:
     def track(self, body: bytes) -> TrackResponse:
         """POST one encoded {"attributes": [...]} body; return or raise as `classify` does.
 
-        Connection errors and timeouts raise RetryableDeliveryError (status None).
+        Connection errors, timeouts and garbled answers raise RetryableDeliveryError (status None).
         """
         try:
             response = self._client.post(TRACK_PATH, content=body)
-        except httpx.TransportError as error:
+        except httpx.RequestError as error:
             raise RetryableDeliveryError(f"no answer from Braze: {type(error).__name__}: {error}") from None
         return classify(response.status_code, response.headers, response.content)
 

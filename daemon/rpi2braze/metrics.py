@@ -65,6 +65,11 @@ REQUESTS_IN_FLIGHT = Gauge(
     "Requests to Braze currently awaiting a response.",
     registry=REGISTRY,
 )
+CONCURRENCY_LIMIT = Gauge(
+    "rpi2braze_concurrency_limit",
+    "Requests the adaptive limit currently allows in flight (at most braze.concurrency).",
+    registry=REGISTRY,
+)
 BATCH_DELIVERY_SECONDS = Histogram(
     "rpi2braze_batch_delivery_seconds",
     "Time from sending a batch to Braze acknowledging it, retries and waits included.",

@@ -2,7 +2,12 @@
 
 Batches are routed to a sender thread by their partition, and a partition only ever holds the
 objects of the same users (batcher.partition_of), so a later batch for a user is never overtaken
-by an earlier one while many requests are in flight.
+by an earlier one while many requests are in flight. Each sender delivers one batch at a time and
+acknowledges it before taking the next, so at most one batch per sender thread is sent but not
+yet acknowledged: after a crash at most `threads x max_objects_per_request` objects are sent again.
+
+Every request passes, in this order, the workspace's ConcurrencyGate (how many may be in flight)
+and its RateLimiter (how many per window), then goes out at once.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import queue
 import random
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 from rpi2braze import metrics
 from rpi2braze.batcher import encode_body
 from rpi2braze.braze_client import BrazeClient, TrackResponse
+from rpi2braze.concurrency import ConcurrencyGate, Outcome, Slot
 from rpi2braze.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
 from rpi2braze.log import get_logger
 from rpi2braze.model import Batch, DeliveryResult, RawRow, Rejection
@@ -27,6 +34,7 @@ log = get_logger(__name__)
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 60.0
 QUEUE_DEPTH_PER_SENDER = 2
+SUBMIT_POLL_SECONDS = 0.2
 _SENTINEL = None
 
 
@@ -34,17 +42,35 @@ class Abandoned(DeliveryError):
     """The daemon is stopping: the batch was not (or not surely) delivered; it stays unacknowledged."""
 
 
-def backoff_delay(attempt: int, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return rng.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** min(attempt, 30)))
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter between attempts of one request."""
+
+    base: float = BACKOFF_BASE_SECONDS
+    cap: float = BACKOFF_CAP_SECONDS
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Return seconds to wait before attempt `attempt` + 1: uniform in [0, min(cap, base * 2**attempt)]."""
+        return rng.uniform(0, min(self.cap, self.base * 2 ** min(attempt, 30)))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """What every sender of one Braze workspace shares. `hold_while_refused`: while Braze refuses
+    the key, batches wait at the gate (the daemon); otherwise PermanentDeliveryError ends them."""
+
+    limiter: RateLimiter
+    gate: ConcurrencyGate
+    backoff: Backoff = field(default_factory=Backoff)
+    hold_while_refused: bool = True
 
 
 class BatchSender:
     """Delivers one batch at a time over its own BrazeClient. Owned by one sender thread."""
 
-    def __init__(self, client: BrazeClient, limiter: RateLimiter, stop: threading.Event, rng: random.Random):
+    def __init__(self, client: BrazeClient, workspace: Workspace, stop: threading.Event, rng: random.Random):
         self._client = client
-        self._limiter = limiter
+        self._workspace = workspace
         self._stop = stop
         self._rng = rng
 
@@ -52,7 +78,8 @@ class BatchSender:
         """Send `batch` until Braze acknowledges it; return what was delivered and rejected.
 
         Retries without limit while the daemon runs (a Braze outage loses nothing). Raise
-        PermanentDeliveryError if Braze refuses the key or endpoint, Abandoned when stopping.
+        Abandoned when stopping, PermanentDeliveryError if Braze refuses the key and the
+        workspace does not hold batches while refused.
         """
         delivered, rejections, requests = self._send(list(batch.objects), list(batch.rows))
         return DeliveryResult(batch.key, batch.number, delivered, tuple(rejections), requests)
@@ -73,19 +100,47 @@ class BatchSender:
     def _post_with_retry(self, body: bytes) -> tuple[TrackResponse, int]:
         attempt = 0
         while True:
-            waited = self._limiter.acquire(self._stop)
-            if waited is None:
-                raise Abandoned("stopping before the batch was sent")
-            metrics.RATE_LIMITER_WAIT_SECONDS.inc(waited)
             try:
-                response = self._track(body)
+                return self._attempt(body), attempt + 1
             except RetryableDeliveryError as error:
                 attempt += 1
                 metrics.RETRIES.inc()
                 self._wait_before_retry(error, attempt)
-                continue
-            self._limiter.observe(response.rate_remaining, response.rate_reset_seconds)
-            return response, attempt + 1
+            except PermanentDeliveryError:
+                if not self._workspace.hold_while_refused:
+                    raise
+                attempt += 1
+                metrics.RETRIES.inc()   # the gate holds the next attempt until Braze accepts the key
+
+    def _attempt(self, body: bytes) -> TrackResponse:
+        """One request through the gate and the rate limiter; return the answer or raise as classify does."""
+        gate = self._workspace.gate
+        slot = gate.acquire(self._stop)
+        if slot is None:
+            raise Abandoned("stopping before the batch was sent")
+        report = _Report()
+        try:
+            return self._request(body, slot, report)
+        finally:
+            gate.release(slot, report.outcome, report.rtt, report.reason)
+
+    def _request(self, body: bytes, slot: Slot, report: "_Report") -> TrackResponse:
+        limiter = self._workspace.limiter
+        grant = limiter.acquire(self._stop)
+        if grant is None:
+            raise Abandoned("stopping before the batch was sent")
+        metrics.RATE_LIMITER_WAIT_SECONDS.inc(grant.waited)
+        self._workspace.gate.started(slot)
+        started, response = time.monotonic(), None
+        try:
+            response = self._track(body)
+        except DeliveryError as error:
+            report.failed(error, time.monotonic() - started)
+            raise
+        finally:
+            limiter.release(grant, *((response.rate_remaining, response.rate_reset_seconds) if response else ()))
+        report.answered(time.monotonic() - started)
+        return response
 
     def _track(self, body: bytes) -> TrackResponse:
         """One request, counted by status in the metrics."""
@@ -104,13 +159,37 @@ class BatchSender:
         return response
 
     def _wait_before_retry(self, error: RetryableDeliveryError, attempt: int) -> None:
+        backoff = self._workspace.backoff.delay(attempt, self._rng)
         if error.status == 429:
             # Braze's limit is per workspace: every sender pauses, not only this one.
-            self._limiter.pause(error.retry_after if error.retry_after is not None else backoff_delay(attempt, self._rng))
-        delay = backoff_delay(attempt, self._rng) if error.status != 429 else 0.0
+            self._workspace.limiter.pause(error.retry_after if error.retry_after is not None else backoff)
+            delay = 0.0
+        else:   # a Retry-After on a 5xx is respected, up to the backoff cap
+            delay = backoff if error.retry_after is None else min(error.retry_after, self._workspace.backoff.cap)
         log.warning("batch_retry", status=error.status, attempt=attempt, delay=round(delay, 2), error=str(error))
         if self._stop.wait(delay) or self._stop.is_set():
             raise Abandoned(f"stopping while retrying: {error}")
+
+
+@dataclass
+class _Report:
+    """What one request taught the concurrency gate."""
+
+    outcome: Outcome = Outcome.UNKNOWN
+    rtt: float | None = None
+    reason: str = ""
+
+    def answered(self, rtt: float) -> None:
+        self.outcome, self.rtt = Outcome.ANSWERED, rtt
+
+    def failed(self, error: DeliveryError, rtt: float) -> None:
+        self.reason = str(error)
+        if isinstance(error, RetryableDeliveryError):
+            self.outcome = Outcome.OVERLOAD
+        elif isinstance(error, PermanentDeliveryError):
+            self.outcome = Outcome.REFUSED
+        else:   # 400/413: Braze read the request and answered it
+            self.outcome, self.rtt = Outcome.ANSWERED, rtt
 
 
 def _rejections(response: TrackResponse, rows: list[tuple[RawRow, ...]]) -> list[Rejection]:
@@ -133,45 +212,58 @@ OnDone = Callable[[Batch, "DeliveryResult | Exception"], None]
 
 
 class SenderPool:
-    """`threads` sender threads, each with its own BrazeClient, sharing one RateLimiter.
+    """`threads` sender threads, each with its own BrazeClient, sharing one workspace's limits.
 
+    `threads` (default braze.concurrency) is also the ceiling of the adaptive concurrency `gate`.
     `submit` blocks while the batch's sender is busy (back-pressure keeps memory flat). Setting
     `stop` makes senders abandon queued batches and stop retrying; `close` ends the threads.
     """
 
     def __init__(self, settings: BrazeSettings, limiter: RateLimiter, stop: threading.Event,
-                 threads: int | None = None, client_factory: Callable[[BrazeSettings], BrazeClient] = BrazeClient):
+                 threads: int | None = None, client_factory: Callable[[BrazeSettings], BrazeClient] = BrazeClient,
+                 *, gate: ConcurrencyGate | None = None, backoff: Backoff = Backoff(),
+                 hold_while_refused: bool = True):
         self.threads = threads or settings.concurrency
+        self.gate = gate or ConcurrencyGate(self.threads)
+        self._workspace = Workspace(limiter, self.gate, backoff, hold_while_refused)
         self._stop = stop
         self._queues = [queue.Queue(QUEUE_DEPTH_PER_SENDER) for _ in range(self.threads)]
         self._workers = [
-            threading.Thread(target=self._run, args=(index, settings, limiter, client_factory),
+            threading.Thread(target=self._run, args=(index, settings, client_factory),
                              name=f"sender-{index}", daemon=True)
             for index in range(self.threads)
         ]
         for worker in self._workers:
             worker.start()
 
-    def submit(self, batch: Batch, on_done: OnDone) -> None:
-        """Queue `batch` for its partition's sender; `on_done(batch, result_or_error)` runs in that thread."""
+    def submit(self, batch: Batch, on_done: OnDone, waiting: Callable[[], None] | None = None) -> None:
+        """Queue `batch` for its partition's sender; `on_done(batch, result_or_error)` runs in that thread.
+
+        While the sender's queue is full, `waiting()` is called every SUBMIT_POLL_SECONDS.
+        """
         target = self._queues[batch.partition % self.threads]
         while True:
             if self._stop.is_set():
                 on_done(batch, Abandoned("stopping"))
                 return
             try:
-                target.put((batch, on_done), timeout=0.2)
+                target.put((batch, on_done), timeout=SUBMIT_POLL_SECONDS)
                 return
             except queue.Full:
-                continue
+                if waiting is not None:
+                    waiting()
 
-    def _run(self, index: int, settings: BrazeSettings, limiter: RateLimiter, client_factory) -> None:
+    def _run(self, index: int, settings: BrazeSettings, client_factory) -> None:
         client = client_factory(settings)
-        sender = BatchSender(client, limiter, self._stop, random.Random())
+        sender = BatchSender(client, self._workspace, self._stop, random.Random())
         try:
             while (item := self._queues[index].get()) is not _SENTINEL:
                 batch, on_done = item
-                on_done(batch, self._deliver(sender, batch))
+                outcome = self._deliver(sender, batch)
+                try:
+                    on_done(batch, outcome)
+                except Exception:  # the folder's bookkeeping failed; the thread must live on
+                    log.exception("sender_callback_failed", workflow_id=batch.key.workflow_id, batch=batch.number)
         finally:
             client.close()
 

@@ -3,7 +3,8 @@
 One `FolderDelivery` per folder. It streams every data file once, numbers its batches
 deterministically, skips batches the state file says Braze already acknowledged (a restart after
 a crash), and hands the rest to the shared SenderPool. The folder is DELIVERED only when every
-batch is acknowledged; only then is it archived.
+batch is acknowledged; only then is it archived. While Braze refuses the key, the batches wait in
+the senders and the state file shows the folder as pending, with Braze's answer as the reason.
 """
 
 from __future__ import annotations
@@ -30,7 +31,10 @@ from rpi2braze.state import StateStore
 
 log = get_logger(__name__)
 
-BYTES_PER_PARTITION = 2 * 1024 * 1024  # below this much data per sender, fewer, fuller requests
+# A partition is one stream of requests in flight. Each ends with one part-full batch, so below
+# this much data per partition (a dozen or more full batches) fewer, fuller requests are better.
+BYTES_PER_PARTITION = 256 * 1024
+WAIT_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class DeliveryContext:
 
 
 def partitions_for(folder: ExportFolder, senders: int) -> int:
-    """How many partitions (parallel request streams) a folder of this size deserves."""
+    """How many partitions (parallel request streams, at most `senders`) a folder of this size deserves."""
     total = sum(entry.size for entry in folder.data_files)
     return max(1, min(senders, total // BYTES_PER_PARTITION + 1))
 
@@ -64,6 +68,8 @@ class FolderDelivery:
         self._failure: Exception | None = None
         self._interrupted = False
         self._deadletter: DeadLetterWriter | None = None
+        self._partitions = 1
+        self._shown_refused = False
 
     def run(self) -> WorkflowStatus:
         state = self._context.state
@@ -71,10 +77,10 @@ class FolderDelivery:
         try:
             with contextlib.ExitStack() as stack:
                 tables = self._open_tables(stack)
-                partitions, acked = state.begin(self.key, partitions_for(self.folder, self._context.pool.threads))
+                self._partitions, acked = state.begin(self.key, partitions_for(self.folder, self._context.pool.threads))
                 path = deadletter_path(os.path.join(self._context.state_dir, "deadletter"), self.key)
                 self._deadletter = stack.enter_context(DeadLetterWriter(path, tables[0].header))
-                self._send_all(tables, partitions, acked)
+                self._send_all(tables, self._partitions, acked)
         except BadFileError as error:
             return self._quarantine(str(error))
         except SourceError as error:
@@ -121,7 +127,7 @@ class FolderDelivery:
                 continue
             with self._lock:
                 self._outstanding += 1
-            self._context.pool.submit(batch, self._on_done)
+            self._context.pool.submit(batch, self._on_done, waiting=self._show_refusal)
         self._wait_outstanding()
 
     def _on_done(self, batch: Batch, outcome: DeliveryResult | Exception) -> None:
@@ -134,6 +140,9 @@ class FolderDelivery:
                 self._interrupted = True
                 if not self._context.stop.is_set():
                     self._failure = outcome
+        except Exception as error:  # not recorded (the state file failed): the folder is not delivered
+            log.exception("batch_not_recorded", workflow_id=self.key.workflow_id, batch=batch.number)
+            self._failure = error
         finally:
             with self._lock:
                 self._outstanding -= 1
@@ -149,9 +158,24 @@ class FolderDelivery:
             metrics.ROWS.labels(outcome="rejected").inc(len(rejections))
 
     def _wait_outstanding(self) -> None:
-        with self._lock:
-            while self._outstanding:
-                self._lock.wait(0.5)
+        while True:
+            with self._lock:
+                if not self._outstanding:
+                    return
+                self._lock.wait(WAIT_POLL_SECONDS)
+            self._show_refusal()
+
+    def _show_refusal(self) -> None:
+        """While Braze refuses the key, batches wait at the gate: show the folder as pending, and why."""
+        refusal = self._context.pool.gate.refusal
+        if refusal is not None and not self._shown_refused:
+            log.error("workflow_waiting_for_braze", workflow_id=self.key.workflow_id, source=self.key.source,
+                      reason=refusal)
+            self._context.state.set_pending(self.key, refusal)
+            self._shown_refused = True
+        elif refusal is None and self._shown_refused:
+            self._context.state.begin(self.key, self._partitions)   # in progress again; partitions unchanged
+            self._shown_refused = False
 
     def _conclude(self) -> WorkflowStatus:
         if self._failure is not None:

@@ -1,0 +1,152 @@
+"""How each class of Braze failure ends, through the real command and daemon over HTTP.
+
+400/413 for a batch: halves are resent until the offending objects stand alone and are
+dead-lettered. A 201 naming objects in errors[]: only those rows are rejected. 401: every sender
+stops, the folder stays pending with the reason, one probe goes out every few seconds, and
+delivery resumes by itself once Braze accepts the key, or once a reload brings the right one.
+"""
+
+import csv
+import os
+import signal
+
+import pytest
+
+from daemon_helpers import API_KEY, DaemonProcess, cli, local_source, status, wait_for, wait_status, write_config
+from delivery_helpers import (
+    HEADER, MARKER, UPSERT, expected_profiles, export_rows, profile_mismatches, write_export,
+)
+from rpi2braze.concurrency import PROBE_INTERVAL_SECONDS
+from rpi2braze.sandbox import SandboxServer
+
+pytestmark = pytest.mark.slow
+
+NOTES = 7
+LONG_NOTE = "\N{GRINNING FACE}" * 255   # 1,020 bytes: seven make an object no 6,000-byte request can carry
+
+
+def deadlettered(state_dir) -> list[dict]:
+    rows = []
+    for root, _, names in os.walk(state_dir / "deadletter"):
+        for name in names:
+            with open(os.path.join(root, name), newline="", encoding="utf-8") as handle:
+                rows += list(csv.DictReader(handle))
+    return rows
+
+
+def test_a_refused_batch_is_halved_until_the_oversized_objects_are_dead_lettered(tmp_path):
+    rows = export_rows("b", 200)
+    oversized = {rows[17].external_id, rows[18].external_id, rows[150].external_id}
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "61"
+    folder.mkdir(parents=True)
+    with open(folder / "RPI_Export_61.txt", "w", encoding="utf-8") as export:
+        export.write(HEADER.rstrip("\n") + "".join(f",Note{number}" for number in range(NOTES)) + "\n")
+        for row in rows:
+            notes = ("," + LONG_NOTE if row.external_id in oversized else ",") * NOTES
+            export.write(row.line().rstrip("\n") + notes + "\n")
+    # At most 10 objects and 6,000 bytes a request: a 75-object batch (~22 KB) is refused with 413
+    # until its parts are small enough, then with 400 until they hold 10 objects or fewer.
+    with SandboxServer(api_key=API_KEY, max_objects=10, max_bytes=6000) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        result = cli(config, "process", str(folder))
+        statuses = {record.status for record in sandbox.requests}
+        profiles = sandbox.store.all()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {400, 413, 201} <= statuses
+    wanted = {external_id: profile for external_id, profile in expected_profiles(rows, "Offer").items()
+              if external_id not in oversized}
+    assert profile_mismatches(profiles, wanted) == [] and set(profiles) == set(wanted)
+    rejected = deadlettered(tmp_path / "state")
+    assert sorted(row["external_id"] for row in rejected) == sorted(oversized)
+    assert all("413" in row["reason"] for row in rejected)
+    (record,) = status(config)
+    assert (record["status"], record["rows_delivered"], record["rows_rejected"]) == ("delivered", 197, 3)
+
+
+def test_only_the_objects_braze_names_in_errors_are_rejected(tmp_path):
+    rows = export_rows("e", 120)
+    # Addresses the daemon's check lets through and Braze (the sandbox) refuses: a 201 with errors[].
+    refused = {5: "a@-example.com", 80: "a@exa_mple.com", 119: "é@example.com"}
+    rows = [row if number not in refused else type(row)(**{**row.__dict__, "email": refused[number]})
+            for number, row in enumerate(rows)]
+    folder = write_export(tmp_path / "exports", "Offer", "62", rows, marker=False)
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        result = cli(config, "process", str(folder))
+        profiles = sandbox.store.all()
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    rejected = deadlettered(tmp_path / "state")
+    assert sorted(row["email"] for row in rejected) == sorted(refused.values())
+    assert all("EMAIL_BAD_FORMAT" in row["reason"] for row in rejected)
+    accepted = [row for number, row in enumerate(rows) if number not in refused]
+    assert profile_mismatches(profiles, expected_profiles(accepted, "Offer")) == []
+    (record,) = status(config)
+    assert (record["rows_delivered"], record["rows_rejected"]) == (117, 3)
+
+
+def test_a_refused_key_stops_the_workspace_until_braze_accepts_it(tmp_path):
+    drop = tmp_path / "drop"
+    rows = export_rows("a", 4000)   # two partitions: two senders that must both stop
+    with SandboxServer(api_key="a-key-the-daemon-does-not-have") as sandbox:
+        config = write_config(str(tmp_path), sandbox.url,
+                              local_source(str(drop), settle=30, extra=f"    marker_file: {MARKER}\n"))
+        daemon = DaemonProcess(config, str(tmp_path / "daemon.log"))
+        try:
+            daemon.start()
+            write_export(drop, "Offer", "63", rows)
+            pending = wait_status(config, "63", "pending", timeout=20)
+            assert "401" in pending["reason"]
+            wait_for(lambda: len(sandbox.requests) >= 2, timeout=2 * PROBE_INTERVAL_SECONDS + 5,
+                     what="a probe after the first refusal")
+            held = wait_status(config, "63", "pending", timeout=1)
+            assert held["rows_delivered"] == 0 and "401" in held["reason"]
+            refused = sorted(record.monotonic for record in sandbox.requests)
+            assert {record.status for record in sandbox.requests} == {401}
+            assert sandbox.store.all() == {}
+
+            sandbox.set_api_key(API_KEY)   # the operator fixes the key on Braze's side
+            delivered = wait_status(config, "63", "delivered", timeout=PROBE_INTERVAL_SECONDS + 20)
+            assert daemon.terminate() == 0
+        finally:
+            daemon.stop_quietly()
+        profiles = sandbox.store.all()
+
+    assert delivered["rows_delivered"] == 4000 and delivered["reason"] == ""
+    assert profile_mismatches(profiles, expected_profiles(rows, "Offer")) == []
+    # The first refusal may meet a few requests already on their way; after it, one probe per interval.
+    probes = [arrived for arrived in refused if arrived - refused[0] > 1.0]
+    gaps = [later - earlier for earlier, later in zip([refused[0], *probes], probes)]
+    assert gaps and all(gap >= PROBE_INTERVAL_SECONDS - 0.6 for gap in gaps), gaps
+    events = [event["event"] for event in daemon.events()]
+    assert events.count("braze_refused") == 1 and events.count("braze_accepted") == 1
+
+
+def test_a_key_fixed_in_the_config_takes_effect_at_reload(tmp_path):
+    drop = tmp_path / "drop"
+    key_file = tmp_path / "braze.key"
+    key_file.write_text("a-key-braze-refuses\n")
+    rows = export_rows("r", 300)
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url,
+                              local_source(str(drop), settle=30, extra=f"    marker_file: {MARKER}\n"))
+        with open(config, encoding="utf-8") as text:
+            keyed = text.read().replace("api_key: ${TEST_BRAZE_API_KEY}", f"api_key_file: {key_file}")
+        with open(config, "w", encoding="utf-8") as text:
+            text.write(keyed)
+        daemon = DaemonProcess(config, str(tmp_path / "daemon.log"))
+        try:
+            daemon.start()
+            write_export(drop, "Offer", "64", rows)
+            assert "401" in wait_status(config, "64", "pending", timeout=20)["reason"]
+            key_file.write_text(API_KEY + "\n")
+            daemon.process.send_signal(signal.SIGHUP)
+            wait_status(config, "64", "delivered", timeout=30)
+            assert daemon.terminate() == 0
+        finally:
+            daemon.stop_quietly()
+        profiles = sandbox.store.all()
+
+    assert profile_mismatches(profiles, expected_profiles(rows, "Offer")) == []
+    assert "reload_done" in [event["event"] for event in daemon.events()]
