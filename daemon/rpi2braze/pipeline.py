@@ -21,11 +21,12 @@ class Pipeline:
     limiter: RateLimiter
 
     @classmethod
-    def open(cls, settings: Settings, stop: threading.Event) -> "Pipeline":
+    def open(cls, settings: Settings, stop: threading.Event, hold_while_refused: bool = True) -> "Pipeline":
+        """`hold_while_refused`: the daemon waits for Braze to accept the key again; `process` gives up."""
         state = StateStore(settings.state.path)
         braze = settings.braze
         limiter = RateLimiter(braze.rate_limit.requests, braze.rate_limit.per_seconds)
-        pool = SenderPool(braze, limiter, stop)
+        pool = SenderPool(braze, limiter, stop, hold_while_refused=hold_while_refused)
         state_dir = os.path.dirname(os.path.abspath(settings.state.path))
         return cls(DeliveryContext(settings, state, pool, stop, state_dir), limiter)
 

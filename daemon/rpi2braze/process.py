@@ -52,7 +52,7 @@ def resolve_folder(settings: Settings, path: str) -> tuple[ExportFolder, LocalSo
 
 def process_folders(settings: Settings, paths: list[str]) -> int:
     """Deliver each folder; return 0 if every one is delivered (now or before), 1 otherwise."""
-    pipeline = Pipeline.open(settings, threading.Event())
+    pipeline = Pipeline.open(settings, threading.Event(), hold_while_refused=False)
     failures = 0
     try:
         for path in paths:

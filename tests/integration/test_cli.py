@@ -121,3 +121,15 @@ def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
     forced = rpi2braze("-c", config, "retry", "7", "--force")
     assert forced.returncode == 0 and "re-queued" in forced.stdout
     assert json.loads(rpi2braze("-c", config, "status", "--json").stdout)[0]["status"] == "pending"
+
+
+def test_process_with_a_refused_key_exits_1_with_the_reason(tmp_path):
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "8"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_8.txt").write_text("external_id\nu-1\n")
+    with SandboxServer(api_key="another-key") as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        result = rpi2braze("-c", config, "process", str(folder))
+        assert sandbox.store.all() == {}
+    assert result.returncode == 1
+    assert "pending" in result.stdout and "401" in result.stdout
