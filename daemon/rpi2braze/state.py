@@ -41,6 +41,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (workflow, number)) WITHOUT ROWID""",
         "CREATE INDEX workflows_by_workflow_id ON workflows (workflow_id)",
     ),
+    ("ALTER TABLE workflows ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -59,6 +60,8 @@ SELECT_PENDING = f"""SELECT {RECORD_COLUMNS} FROM workflows WHERE status IN ('pe
     ORDER BY first_seen, id"""
 SELECT_COUNTS = "SELECT status, count(*) FROM workflows GROUP BY status"
 SELECT_PARTITIONS = "SELECT partitions FROM workflows WHERE id = ?"
+SELECT_FINGERPRINT = "SELECT fingerprint FROM workflows WHERE id = ?"
+UPDATE_FINGERPRINT = "UPDATE workflows SET fingerprint = ? WHERE id = ?"
 SELECT_ACKED = "SELECT number FROM batches WHERE workflow = ?"
 INSERT_SEEN = """INSERT INTO workflows (source, channel, offer, workflow_id, status, location, first_seen, updated_at)
     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?6) ON CONFLICT DO NOTHING"""
@@ -124,17 +127,27 @@ class StateStore:
             connection.execute(INSERT_SEEN, (*astuple(key), location, self._clock()))
             return _record(connection.execute(SELECT_ONE, astuple(key)).fetchone())
 
-    def begin(self, key: WorkflowKey, partitions: int) -> tuple[int, frozenset[int]]:
+    def begin(self, key: WorkflowKey, partitions: int, fingerprint: str = "") -> tuple[int, frozenset[int]]:
         """Mark `key` IN_PROGRESS; return (its partition count, the batch numbers already acknowledged).
 
-        The first call stores `partitions`; a resumed workflow gets the stored count back so its batch
-        numbers come out the same. Raise StateError if `key` is unknown or finished (requeue it first),
-        or if `partitions` < 1.
+        The first call stores `partitions` and `fingerprint`; a resumed workflow gets the stored count
+        back so its batch numbers come out the same. If the stored fingerprint differs (the files or the
+        batching settings changed since), acknowledged batches no longer name the same rows: they are
+        forgotten and the workflow starts again from batch 0. Raise StateError if `key` is unknown or
+        finished (requeue it first), or if `partitions` < 1.
         """
         with self._transaction(write=True) as connection:
             workflow, status = _find_id(connection, key)
             if status in FINAL_STATUSES:
                 raise StateError(f"workflow {key.relpath} of source {key.source} is {status}; requeue it first")
+            (stored_fingerprint,) = connection.execute(SELECT_FINGERPRINT, (workflow,)).fetchone()
+            if fingerprint and stored_fingerprint and stored_fingerprint != fingerprint:
+                log.warning("workflow_restarted", workflow_id=key.workflow_id, source=key.source,
+                            reason="its files or batching settings changed since delivery began")
+                connection.execute(DELETE_BATCHES, (workflow,))
+                connection.execute(UPDATE_REQUEUE, (self._clock(), workflow))
+            if fingerprint:
+                connection.execute(UPDATE_FINGERPRINT, (fingerprint, workflow))
             connection.execute(UPDATE_BEGIN, (self._clock(), partitions, workflow))
             (stored,) = connection.execute(SELECT_PARTITIONS, (workflow,)).fetchone()
             acked = frozenset(number for (number,) in connection.execute(SELECT_ACKED, (workflow,)))

@@ -10,18 +10,19 @@ the senders and the state file shows the folder as pending, with Braze's answer 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 from dataclasses import dataclass
 from typing import Iterator
 
-from rpi2braze import archive, metrics
+from rpi2braze import __version__, archive, metrics
 from rpi2braze.batcher import build_batches
 from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
 from rpi2braze.errors import BadFileError, PermanentDeliveryError, RowRejected, SourceError
 from rpi2braze.files import data_files
 from rpi2braze.log import get_logger
-from rpi2braze.mapping import map_row, plan_columns
+from rpi2braze.mapping import ColumnPlan, map_row, plan_columns
 from rpi2braze.model import Batch, DeliveryResult, ExportFolder, Rejection, WorkflowStatus
 from rpi2braze.reader import Table, open_data_stream, read_table
 from rpi2braze.sender import SenderPool
@@ -77,19 +78,39 @@ class FolderDelivery:
         try:
             with contextlib.ExitStack() as stack:
                 tables = self._open_tables(stack)
-                self._partitions, acked = state.begin(self.key, partitions_for(self.folder, self._context.pool.threads))
+                self._partitions, acked = state.begin(
+                    self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
                 path = deadletter_path(os.path.join(self._context.state_dir, "deadletter"), self.key)
-                self._deadletter = stack.enter_context(DeadLetterWriter(path, tables[0].header))
-                self._send_all(tables, self._partitions, acked)
+                self._deadletter = stack.enter_context(DeadLetterWriter(path, tables[0][0].header))
+                try:
+                    self._send_all(tables, self._partitions, acked)
+                finally:  # batches in flight are recorded before the dead-letter file closes, whatever happened
+                    self._wait_outstanding()
+                self._check_unchanged()
         except BadFileError as error:
             return self._quarantine(str(error))
         except SourceError as error:
-            self._wait_outstanding()
             return self._postpone(f"source problem: {error}")
         return self._conclude()
 
-    def _open_tables(self, stack: contextlib.ExitStack) -> list[Table]:
-        """Open every data file and read its header before anything is sent (a bad file sends nothing)."""
+    def _fingerprint(self) -> str:
+        """What batch numbers depend on: the files, the batching and mapping settings, this version."""
+        braze = self._context.settings.braze
+        parts = (__version__, self.folder.mode, braze.max_objects_per_request, braze.max_request_bytes,
+                 repr(self._context.settings.mapping), repr(self._source_settings.reading),
+                 sorted((entry.name, entry.size, entry.mtime) for entry in self.folder.data_files))
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
+
+    def _check_unchanged(self) -> None:
+        """A writer that paused longer than settle_seconds and went on: do not call the folder delivered."""
+        if self._interrupted or self._failure is not None:
+            return
+        current = data_files(self._source.list_dir(self.key.relpath), self._source_settings.data_files)
+        if {entry.name: entry for entry in current} != {entry.name: entry for entry in self.folder.data_files}:
+            raise SourceError("the folder changed while it was being read; it will be delivered again once it settles")
+
+    def _open_tables(self, stack: contextlib.ExitStack) -> list[tuple[Table, ColumnPlan]]:
+        """Open every data file and plan its columns before anything is sent (a bad file sends nothing)."""
         current = {entry.name: entry for entry in data_files(self._source.list_dir(self.key.relpath), self._source_settings.data_files)}
         if current != {entry.name: entry for entry in self.folder.data_files}:
             raise SourceError("the folder changed after it settled; it will be looked at again")
@@ -97,22 +118,25 @@ class FolderDelivery:
         for entry in self.folder.data_files:
             raw = stack.enter_context(self._source.open_file(f"{self.key.relpath}/{entry.name}"))
             stream = stack.enter_context(open_data_stream(raw, entry.name))
-            tables.append(read_table(stream, self._source_settings.reading, entry.name))
+            try:
+                table = read_table(stream, self._source_settings.reading, entry.name)
+                tables.append((table, plan_columns(table.header, self._context.settings.mapping)))
+            except BadFileError as error:
+                raise BadFileError(f"{entry.name}: {error}" if entry.name not in str(error) else str(error)) from None
         if not tables:
             raise BadFileError(f"{self.folder.location}: no data file")
         return tables
 
-    def _items(self, tables: list[Table]) -> Iterator:
+    def _items(self, tables: list[tuple[Table, ColumnPlan]]) -> Iterator:
         mapping = self._context.settings.mapping
-        for table in tables:
-            plan = plan_columns(table.header, mapping)
+        for table, plan in tables:
             for row in table.rows:
                 try:
                     yield row, map_row(plan, row, self.key.offer, self.folder.mode, mapping.default_phone_region)
                 except RowRejected as rejected:
                     yield Rejection(row, rejected.reason)
 
-    def _send_all(self, tables: list[Table], partitions: int, acked: frozenset[int]) -> None:
+    def _send_all(self, tables: list[tuple[Table, ColumnPlan]], partitions: int, acked: frozenset[int]) -> None:
         braze = self._context.settings.braze
         batches = build_batches(self._items(tables), self.key, partitions,
                                 braze.max_objects_per_request, braze.max_request_bytes)
@@ -128,7 +152,6 @@ class FolderDelivery:
             with self._lock:
                 self._outstanding += 1
             self._context.pool.submit(batch, self._on_done, waiting=self._show_refusal)
-        self._wait_outstanding()
 
     def _on_done(self, batch: Batch, outcome: DeliveryResult | Exception) -> None:
         try:

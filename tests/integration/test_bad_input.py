@@ -102,3 +102,15 @@ def test_unreadable_file_is_quarantined(tmp_path, sandbox):
     assert "quarantined" in result.stdout and "Permission denied" in result.stdout
     assert sandbox.store.all() == {}
 
+
+
+def test_a_bad_second_file_quarantines_the_folder_before_anything_is_sent(tmp_path, sandbox):
+    sandbox.reset()
+    settings, _, folder = setup(tmp_path, sandbox, HEADER + GOOD)
+    (folder / "RPI_Export_43.txt").write_bytes(b"email,Note\nthree@example.com,c\n")
+    assert process_folders(settings, [str(folder)]) == 1
+    with StateStore(settings.state.path) as state:
+        [record] = state.records()
+    assert record.status == "quarantined"
+    assert "RPI_Export_43.txt" in record.reason and "external_id" in record.reason
+    assert sandbox.requests == [] and sandbox.store.all() == {}

@@ -13,7 +13,7 @@ import pytest
 
 from rpi2braze.errors import StateError
 from rpi2braze.model import WorkflowKey, WorkflowStatus
-from rpi2braze.state import StateStore
+from rpi2braze.state import SCHEMA_VERSION, StateStore
 
 KEY = WorkflowKey("rpi", "Braze Onboarding and Upsert", "Spring Offer", "wf-100")
 OTHER = WorkflowKey("rpi", "Braze Append", "Winter Offer", "wf-200")
@@ -332,7 +332,7 @@ def test_an_empty_existing_file_is_migrated(path):
     with StateStore(path) as store:
         store.record_seen(KEY, "x")
     connection = sqlite3.connect(path)
-    assert connection.execute("PRAGMA user_version").fetchone() == (1,)
+    assert connection.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     connection.close()
 
 
@@ -370,3 +370,22 @@ def test_a_closed_store_refuses_calls(path):
     store.close()
     with pytest.raises(StateError, match="closed"):
         store.get(KEY)
+
+
+@pytest.mark.parametrize("first, second, kept", [
+    ("files-v1", "files-v1", True),     # a plain resume keeps what Braze acknowledged
+    ("files-v1", "files-v2", False),    # the files or settings changed: batch numbers mean other rows now
+    ("", "files-v2", True),             # nothing stored to compare with
+    ("files-v1", "", True),
+])
+def test_begin_forgets_acknowledged_batches_when_the_fingerprint_changes(path, first, second, kept):
+    with StateStore(path) as store:
+        store.record_seen(KEY, "x")
+        store.begin(KEY, 4, first)
+        store.ack_batch(KEY, 0, 75, 1)
+        partitions, acked = store.begin(KEY, 2, second)
+        record = store.get(KEY)
+    assert (acked == frozenset({0})) is kept
+    assert (record.rows_delivered, record.rows_rejected, record.batches_acked) == ((75, 1, 1) if kept else (0, 0, 0))
+    assert partitions == (4 if kept else 2)
+    assert record.status == WorkflowStatus.IN_PROGRESS
