@@ -44,7 +44,8 @@ class Outcome(StrEnum):
     """What one request taught about the workspace."""
 
     ANSWERED = "answered"    # an answer Braze meant (2xx, 400, 413): its round trip counts
-    OVERLOAD = "overload"    # 429, 5xx, 408, timeout, connection dropped: back off
+    OVERLOAD = "overload"    # 429, 408: back off
+    UNREACHABLE = "unreachable"  # 5xx, timeout, connection dropped: back off, and /healthz counts it
     REFUSED = "refused"      # 401, 403, 404: the key or endpoint is wrong; stop every sender
     UNKNOWN = "unknown"      # nothing learned (the request failed in our own code)
 
@@ -81,7 +82,7 @@ class AimdLimit:
 
     def observe(self, outcome: Outcome, rtt: float | None, now: float) -> None:
         """Count one finished request; close the window and adjust the limit if it has lasted long enough."""
-        if outcome is Outcome.OVERLOAD:
+        if outcome in (Outcome.OVERLOAD, Outcome.UNREACHABLE):
             self._overloaded = True
         elif outcome is Outcome.ANSWERED and rtt is not None:
             self._rtt_total += rtt
@@ -203,6 +204,8 @@ class ConcurrencyGate:
             if outcome is Outcome.REFUSED:
                 self._refuse(reason or "Braze refused the request", now)
             else:
+                if outcome is Outcome.UNREACHABLE:
+                    self._unreachable(reason)
                 if outcome is Outcome.ANSWERED:
                     self._accepted()
                 self._aimd.observe(outcome, rtt, now)
@@ -222,6 +225,11 @@ class ConcurrencyGate:
             log.warning("braze_still_refused", reason=reason)
         self._refusal = reason
         self._next_probe = now + self._probe_interval
+
+    def _unreachable(self, reason: str) -> None:
+        """No usable answer: /healthz turns unhealthy once this lasts past its threshold."""
+        HEALTH.mark(HEALTH_COMPONENT, False, reason)
+        self._shown_up = False
 
     def _accepted(self) -> None:
         if self._refusal is not None:

@@ -16,6 +16,7 @@ import queue
 import random
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -162,7 +163,8 @@ class BatchSender:
         backoff = self._workspace.backoff.delay(attempt, self._rng)
         if error.status == 429:
             # Braze's limit is per workspace: every sender pauses, not only this one.
-            self._workspace.limiter.pause(error.retry_after if error.retry_after is not None else backoff)
+            # at least the backoff: a Retry-After of 0, or an epoch reset skewed by our clock, must not spin
+            self._workspace.limiter.pause(max(error.retry_after or 0.0, backoff, self._workspace.backoff.base))
             delay = 0.0
         else:   # a Retry-After on a 5xx is respected, up to the backoff cap
             delay = backoff if error.retry_after is None else min(error.retry_after, self._workspace.backoff.cap)
@@ -185,7 +187,8 @@ class _Report:
     def failed(self, error: DeliveryError, rtt: float) -> None:
         self.reason = str(error)
         if isinstance(error, RetryableDeliveryError):
-            self.outcome = Outcome.OVERLOAD
+            unreachable = error.status is None or error.status >= 500
+            self.outcome = Outcome.UNREACHABLE if unreachable else Outcome.OVERLOAD
         elif isinstance(error, PermanentDeliveryError):
             self.outcome = Outcome.REFUSED
         else:   # 400/413: Braze read the request and answered it
@@ -241,7 +244,8 @@ class SenderPool:
 
         While the sender's queue is full, `waiting()` is called every SUBMIT_POLL_SECONDS.
         """
-        target = self._queues[batch.partition % self.threads]
+        # offset by the workflow, so partition 0 of every folder does not queue on the same sender
+        target = self._queues[(zlib.crc32(repr(batch.key).encode()) + batch.partition) % self.threads]
         while True:
             if self._stop.is_set():
                 on_done(batch, Abandoned("stopping"))

@@ -202,3 +202,13 @@ def test_a_waiting_sender_gets_the_slot_released_and_stop_frees_the_rest():
     for waiter in waiters:
         waiter.join(5)
     assert got[1:] == [None]
+
+
+@pytest.mark.parametrize("outcome, down", [(Outcome.UNREACHABLE, True), (OVERLOAD, False), (ANSWERED, False)])
+def test_only_an_unreachable_braze_counts_against_health(outcome, down):
+    gate = ConcurrencyGate(4, clock=FakeClock(), initial=2)
+    gate.release(gate.try_acquire(), ANSWERED, 0.05)
+    gate.release(gate.try_acquire(), outcome, 0.05, "Braze answered 503")
+    assert ("braze" in HEALTH.report(threshold=-1)[1]["down"]) is down
+    gate.release(gate.try_acquire(), ANSWERED, 0.05)
+    assert "braze" not in HEALTH.report(threshold=-1)[1]["down"]
