@@ -74,6 +74,16 @@ def encode_body(objects: Sequence[dict]) -> bytes:
     return orjson.dumps({"attributes": list(objects)})
 
 
+def join_body(parts: Sequence[bytes]) -> bytes:
+    """Return the request body for objects already encoded one by one: equal to encode_body's."""
+    return b'{"attributes":[' + b",".join(parts) + b"]}"
+
+
+def encoded_objects(batch: Batch) -> list[bytes]:
+    """Each object of `batch` as JSON: the batcher's encoding, or a fresh one for a hand-made batch."""
+    return list(batch.encoded) if batch.encoded else [orjson.dumps(item) for item in batch.objects]
+
+
 def build_batches(
     items: Iterable[tuple[RawRow, dict] | Rejection],
     key: WorkflowKey,
@@ -111,12 +121,12 @@ def _batches(items: Iterable[tuple[RawRow, dict] | Rejection], batcher: _Batcher
 class _OpenBatch:
     """The batch one partition is filling, with each object's rows and encoded length."""
 
-    __slots__ = ("objects", "rows", "lengths", "positions", "size_bytes")
+    __slots__ = ("objects", "rows", "encoded", "positions", "size_bytes")
 
     def __init__(self) -> None:
         self.objects: list[dict] = []
         self.rows: list[list[RawRow]] = []
-        self.lengths: list[int] = []
+        self.encoded: list[bytes] = []
         self.positions: dict[str, int] = {}  # external_id -> index in objects
         self.size_bytes = _BODY_ENVELOPE_BYTES
 
@@ -124,19 +134,19 @@ class _OpenBatch:
         return self.size_bytes + length + (1 if self.objects else 0)  # 1: the comma
 
     def size_replacing(self, position: int, length: int) -> int:
-        return self.size_bytes - self.lengths[position] + length
+        return self.size_bytes - len(self.encoded[position]) + length
 
-    def append(self, external_id: str, attributes: dict, length: int, row: RawRow) -> None:
-        self.size_bytes = self.size_appending(length)
+    def append(self, external_id: str, attributes: dict, encoded: bytes, row: RawRow) -> None:
+        self.size_bytes = self.size_appending(len(encoded))
         self.positions[external_id] = len(self.objects)
         self.objects.append(attributes)
         self.rows.append([row])
-        self.lengths.append(length)
+        self.encoded.append(encoded)
 
-    def replace(self, position: int, attributes: dict, length: int, row: RawRow) -> None:
-        self.size_bytes = self.size_replacing(position, length)
+    def replace(self, position: int, attributes: dict, encoded: bytes, row: RawRow) -> None:
+        self.size_bytes = self.size_replacing(position, len(encoded))
         self.objects[position] = attributes
-        self.lengths[position] = length
+        self.encoded[position] = encoded
         self.rows[position].append(row)
 
 
@@ -154,9 +164,9 @@ class _Batcher:
 
     def add(self, row: RawRow, attributes: dict) -> Batch | None:
         """Place one object; return the batch it forced out, if any."""
-        length = self._measure(attributes)
-        if isinstance(length, str):
-            self.pending.append(Rejection(row, length))
+        encoded = self._encode(attributes)
+        if isinstance(encoded, str):
+            self.pending.append(Rejection(row, encoded))
             return None
         external_id = attributes["external_id"]
         partition = partition_of(external_id, self.partitions)
@@ -164,32 +174,32 @@ class _Batcher:
         position = batch.positions.get(external_id)
         if position is not None:
             merged = merge_objects(batch.objects[position], attributes)
-            merged_length = len(orjson.dumps(merged))
-            if batch.size_replacing(position, merged_length) <= self.max_bytes:
-                batch.replace(position, merged, merged_length, row)
+            merged_encoded = orjson.dumps(merged)
+            if batch.size_replacing(position, len(merged_encoded)) <= self.max_bytes:
+                batch.replace(position, merged, merged_encoded, row)
                 return None
-        elif len(batch.objects) < self.max_objects and batch.size_appending(length) <= self.max_bytes:
-            batch.append(external_id, attributes, length, row)
+        elif len(batch.objects) < self.max_objects and batch.size_appending(len(encoded)) <= self.max_bytes:
+            batch.append(external_id, attributes, encoded, row)
             return None
         # Too full: send what the partition holds, and start again with this row's own object
         # (not the merged one, whose earlier rows are already in the batch being emitted).
         emitted = self._emit(partition)
-        self.open[partition].append(external_id, attributes, length, row)
+        self.open[partition].append(external_id, attributes, encoded, row)
         return emitted
 
-    def _measure(self, attributes: dict) -> int | str:
-        """Return the object's encoded length, or the reason it cannot be sent."""
+    def _encode(self, attributes: dict) -> bytes | str:
+        """Return the object as JSON (encoded once: the sender reuses it), or why it cannot be sent."""
         external_id = attributes.get("external_id")
         if not isinstance(external_id, str) or not external_id:
             return "attributes object has no external_id"
         try:
-            length = len(orjson.dumps(attributes))
+            encoded = orjson.dumps(attributes)
         except orjson.JSONEncodeError as error:
             return f"attributes object cannot be encoded as JSON: {error}"
-        alone = _BODY_ENVELOPE_BYTES + length
+        alone = _BODY_ENVELOPE_BYTES + len(encoded)
         if alone > self.max_bytes:
             return f"attributes object is {alone} bytes, over the request limit of {self.max_bytes}"
-        return length
+        return encoded
 
     def _emit(self, partition: int) -> Batch:
         batch = self.open[partition]
@@ -201,6 +211,7 @@ class _Batcher:
             rows=tuple(tuple(rows) for rows in batch.rows),
             size_bytes=batch.size_bytes,
             rejected=tuple(self.pending),
+            encoded=tuple(batch.encoded),
         )
         self.open[partition] = _OpenBatch()
         self.pending.clear()

@@ -86,6 +86,7 @@ class Batch:
     batches the state file says were acknowledged.
     `rejected` holds rows refused before sending (by the mapper or the batcher), attached to the
     next batch emitted so they are recorded with it; a batch may carry only rejections.
+    `encoded[i]` is `objects[i]` as JSON, encoded once by the batcher (empty: encode when sending).
     """
 
     key: WorkflowKey
@@ -95,6 +96,7 @@ class Batch:
     rows: tuple[tuple[RawRow, ...], ...]
     size_bytes: int
     rejected: tuple[Rejection, ...] = ()
+    encoded: tuple[bytes, ...] = ()
 
     @property
     def row_count(self) -> int:

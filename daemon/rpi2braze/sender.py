@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from rpi2braze import metrics
-from rpi2braze.batcher import encode_body
+from rpi2braze.batcher import encoded_objects, join_body
 from rpi2braze.braze_client import BrazeClient, TrackResponse
 from rpi2braze.concurrency import ConcurrencyGate, Outcome, Slot
 from rpi2braze.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
@@ -82,12 +82,13 @@ class BatchSender:
         Abandoned when stopping, PermanentDeliveryError if Braze refuses the key and the
         workspace does not hold batches while refused.
         """
-        delivered, rejections, requests = self._send(list(batch.objects), list(batch.rows))
+        delivered, rejections, requests = self._send(encoded_objects(batch), list(batch.rows))
         return DeliveryResult(batch.key, batch.number, delivered, tuple(rejections), requests)
 
-    def _send(self, objects: list[dict], rows: list[tuple[RawRow, ...]]) -> tuple[int, list[Rejection], int]:
+    def _send(self, objects: list[bytes], rows: list[tuple[RawRow, ...]]) -> tuple[int, list[Rejection], int]:
+        """Send encoded objects; on 400/413 split them in halves until the bad ones stand alone."""
         try:
-            response, requests = self._post_with_retry(encode_body(objects))
+            response, requests = self._post_with_retry(join_body(objects))
         except SplittableDeliveryError as error:
             if len(objects) == 1:
                 return 0, [Rejection(row, str(error)) for row in rows[0]], 1

@@ -6,7 +6,7 @@ import random
 import orjson
 import pytest
 
-from rpi2braze.batcher import build_batches, encode_body, merge_objects, partition_of
+from rpi2braze.batcher import build_batches, encode_body, join_body, merge_objects, partition_of
 from rpi2braze.model import RawRow, Rejection, WorkflowKey
 
 KEY = WorkflowKey("rpi", "Braze Append", "Offer A", "1234")
@@ -244,6 +244,7 @@ def test_every_row_exactly_once(partitions):
     for batch in batches:
         assert len(batch.objects) <= max_objects
         assert batch.size_bytes == len(encode_body(batch.objects)) <= max_bytes
+        assert join_body(batch.encoded) == encode_body(batch.objects)  # encoded once, sent as is
         external_ids = [obj["external_id"] for obj in batch.objects]
         assert len(set(external_ids)) == len(external_ids)
         for external_id, obj, rows in zip(external_ids, batch.objects, batch.rows):
