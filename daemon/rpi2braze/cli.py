@@ -69,11 +69,20 @@ def _configure_logging(settings, interactive: bool = False) -> None:
         log.configure(settings.log_level, settings.log_format)
 
 
+def _tune_garbage_collector() -> None:
+    """Rows make millions of short-lived, acyclic dicts: reference counting frees them, and the
+    cyclic collector's default gen-0 threshold (700) only burns CPU on them (13% measured)."""
+    import gc
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 def command_run(arguments: argparse.Namespace) -> int:
     from rpi2braze.config import resolve_config_path
     from rpi2braze.daemon import Daemon
     settings = _settings(arguments)
     _configure_logging(settings)
+    _tune_garbage_collector()
     return Daemon(settings, resolve_config_path(getattr(arguments, "config", None))).run()
 
 
@@ -81,6 +90,7 @@ def command_process(arguments: argparse.Namespace) -> int:
     from rpi2braze.process import process_folders
     settings = _settings(arguments)
     _configure_logging(settings, interactive=True)
+    _tune_garbage_collector()
     return process_folders(settings, arguments.folders)
 
 
