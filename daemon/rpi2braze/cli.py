@@ -71,10 +71,11 @@ def _configure_logging(settings, interactive: bool = False) -> None:
 
 def _tune_garbage_collector() -> None:
     """Rows make millions of short-lived, acyclic dicts: reference counting frees them, and the
-    cyclic collector's default gen-0 threshold (700) only burns CPU on them (13% measured)."""
+    cyclic collector's default gen-0 threshold (700) burns CPU on them (13% measured). A much
+    higher threshold let cyclic garbage grow peak RSS by ~40 MB, so this one is moderate."""
     import gc
     gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(10_000, 20, 20)
 
 
 def command_run(arguments: argparse.Namespace) -> int:
