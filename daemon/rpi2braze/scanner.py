@@ -27,9 +27,10 @@ from rpi2braze.state import StateStore
 log = get_logger(__name__)
 
 FINISHED = (WorkflowStatus.DELIVERED, WorkflowStatus.QUARANTINED, WorkflowStatus.FAILED)
-RETRY_PENDING_SECONDS = 30.0   # a folder postponed (Braze refused, source hiccup) is retried after this
+RETRY_PENDING_SECONDS = 30.0   # a postponed folder (Braze refused, source hiccup) is retried after at most this
 WAKE_DEBOUNCE_SECONDS = 0.5
 MAX_DOWN_BACKOFF_SECONDS = 300.0  # an unreachable source is tried again at doubling intervals up to this
+FULL_REFRESH_SECONDS = 300.0  # the finished set is re-read from the state file at least this often
 
 Submit = Callable[[ExportFolder, Source, SourceSettings], None]
 
@@ -62,6 +63,7 @@ class Scanner:
         self._busy: set[WorkflowKey] = set()           # queued or being delivered
         self._held: dict[WorkflowKey, float] = {}      # postponed until this time
         self._finished: set[WorkflowKey] = set()
+        self._next_full_refresh = 0.0                  # when the finished set is re-read regardless
         self._warned: set[tuple[str, str, str]] = set()
         self._unwatch: list[Callable[[], None]] = []
 
@@ -103,8 +105,15 @@ class Scanner:
             if status in FINISHED:
                 self._finished.add(key)
             elif status == WorkflowStatus.PENDING:
-                self._held[key] = self._clock() + RETRY_PENDING_SECONDS
+                self._held[key] = self._clock() + self._retry_delay(key)
         self.wake()
+
+    def _retry_delay(self, key: WorkflowKey) -> float:
+        """A postponed folder (its source dropped mid-download, Braze refused) is tried again after
+        three scan intervals of its source, and at most RETRY_PENDING_SECONDS."""
+        watched = self._watched.get(key.source)
+        interval = watched.settings.scan_interval_seconds if watched else RETRY_PENDING_SECONDS
+        return min(RETRY_PENDING_SECONDS, 3 * interval)
 
     def queue_now(self, source_name: str, channel: str, offer: str, workflow_id: str) -> ExportFolder | None:
         """RPI said this folder is complete: queue it without waiting to settle.
@@ -121,11 +130,32 @@ class Scanner:
         return self._consider(watched, key, force=True)
 
     def _refresh_finished(self) -> None:
+        """Re-read the finished workflows if the state file may disagree with what we know.
+
+        Another process may have changed it: `retry` re-queues a workflow, `process` finishes one.
+        Reading every record is the costliest part of scanning a large delivered tree (a fifth of a
+        second for 10,000), so it is re-read only when the state file's number of finished
+        workflows differs from ours, and at least every FULL_REFRESH_SECONDS, because a re-queue
+        and a finish elsewhere within one scan interval would leave the number unchanged.
+        """
+        counts = self._state.counts()
+        finished_count = sum(counts[str(status)] for status in FINISHED)
+        with self._lock:
+            agrees = finished_count == len(self._finished)
+        if agrees and self._clock() < self._next_full_refresh:
+            return
+        self._next_full_refresh = self._clock() + FULL_REFRESH_SECONDS
         finished = {record.key for record in self._state.records(FINISHED)}
         with self._lock:
             self._finished = finished
 
     def _scan_source(self, watched: _Watched) -> float:
+        """List the source's three levels and consider each workflow folder; return when to scan again.
+
+        A source that cannot be listed is down: unreachable (SourceUnavailable), or refusing us (a
+        SourceError: an unknown host key, a refused login), which an operator may fix while we run.
+        Either way the daemon goes on and tries again later, at doubling intervals.
+        """
         settings = watched.settings
         seen: set[WorkflowKey] = set()
         try:
@@ -134,15 +164,26 @@ class Scanner:
                     self._warn_once("unknown_channel_folder", settings.name, channel,
                                     "not one of the configured channels; left alone")
                     continue
-                for offer in self._folders(watched, channel):
-                    for workflow_id in self._folders(watched, f"{channel}/{offer}"):
+                for offer in self._subfolders(watched, channel):
+                    for workflow_id in self._subfolders(watched, f"{channel}/{offer}"):
                         seen.add(key := WorkflowKey(settings.name, channel, offer, workflow_id))
                         self._consider_safely(watched, key)
             self._set_up(watched, True, "")
             watched.observations = {key: value for key, value in watched.observations.items() if key in seen}
-        except SourceUnavailable as error:
+        except SourceError as error:
             self._set_up(watched, False, str(error))
         return self._clock() + self._next_delay(watched)
+
+    def _subfolders(self, watched: _Watched, relpath: str) -> list[str]:
+        """Return the folders below `relpath`; one that cannot be listed (permission denied) is
+        warned about once and skipped: a folder below the base must not take the source down."""
+        try:
+            return self._folders(watched, relpath)
+        except SourceUnavailable:
+            raise
+        except SourceError as error:
+            self._warn_once("folder_unusable", watched.settings.name, relpath, str(error))
+            return []
 
     def _consider_safely(self, watched: _Watched, key: WorkflowKey) -> None:
         """Consider one folder; a folder that cannot be used (a symlink out of the base) is skipped."""

@@ -40,5 +40,10 @@ SOURCE_FACTORIES: dict[str, Callable[[SourceSettings], Source]] = {
 
 
 def build_source(settings: SourceSettings) -> Source:
-    """Return the Source for `settings.type` (validated by config: always a known type)."""
-    return SOURCE_FACTORIES[settings.type](settings)
+    """Return the Source for `settings.type` (validated by config: always a known type); a remote
+    one with `staging_path` downloads each file there before it is read."""
+    source = SOURCE_FACTORIES[settings.type](settings)
+    if settings.staging_path and settings.type in ("sftp", "ftp"):
+        from rpi2braze.sources.staging import StagedSource
+        return StagedSource(source, settings.staging_path)  # type: ignore[arg-type]
+    return source

@@ -66,17 +66,18 @@ class FtpSource:
         found = self._run(f"cannot list {self.describe(relpath)}", listing)
         return [_entry(name, facts) for name, facts in found if facts.get("type", "").lower() not in ("cdir", "pdir")]
 
-    def open_file(self, relpath: str) -> BinaryIO:
+    def open_file(self, relpath: str, offset: int = 0) -> BinaryIO:
+        """Open the file for streaming, from byte `offset` on (REST, to resume a download)."""
         path = self._path(relpath)
         action = f"cannot open {self.describe(relpath)}"
         ftp = self._login()
         try:
             ftp.voidcmd("TYPE I")
-            data = ftp.transfercmd(f"RETR {path}")
+            data = ftp.transfercmd(f"RETR {path}", rest=offset or None)
         except Exception as error:
             ftp.close()
             raise self._translate(error, action) from None
-        return FtpStream(ftp, data, self.describe(relpath))  # type: ignore[return-value]
+        return FtpStream(ftp, data, self.describe(relpath), offset)  # type: ignore[return-value]
 
     def move_folder(self, relpath: str, destination: str) -> str:
         source_path = self._path(relpath)

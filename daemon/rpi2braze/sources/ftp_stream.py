@@ -23,12 +23,12 @@ class FtpStream(io.RawIOBase):
     instead of looking like the end of the file. Closing the stream closes its connections.
     """
 
-    def __init__(self, ftp: ftplib.FTP, data: socket.socket, label: str):
+    def __init__(self, ftp: ftplib.FTP, data: socket.socket, label: str, start: int = 0):
         super().__init__()
         self._ftp = ftp
         self._data: socket.socket | None = data
         self._label = label
-        self._position = 0
+        self._position = start
 
     def readable(self) -> bool:
         return True

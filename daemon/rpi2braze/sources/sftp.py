@@ -58,12 +58,13 @@ class SftpSource:
                 return []
             return [entry for entry in (self._entry(sftp, path, item) for item in attributes) if entry]
 
-    def open_file(self, relpath: str) -> BinaryIO:
+    def open_file(self, relpath: str, offset: int = 0) -> BinaryIO:
+        """Open the file for streaming, from byte `offset` on (to resume a download)."""
         path = remote.remote_path(self._base, relpath)
         with self._session(f"cannot open {self.describe(relpath)}") as sftp:
             transport = sftp.get_channel().get_transport()
         try:
-            return open_stream(transport, path, self.describe(relpath))  # type: ignore[return-value]
+            return open_stream(transport, path, self.describe(relpath), offset)  # type: ignore[return-value]
         except Exception as error:
             raise self._translate(error, f"cannot open {self.describe(relpath)}") from None
 

@@ -36,8 +36,9 @@ OPENSSH_REQUEST_BYTES = 64 * 1024
 PORTABLE_REQUEST_BYTES = 32 * 1024
 
 
-def open_stream(transport: paramiko.Transport, path: str, label: str) -> SftpStream:
-    """Open the file at `path` on a new SFTP channel of `transport`; return it as a stream.
+def open_stream(transport: paramiko.Transport, path: str, label: str, offset: int = 0) -> SftpStream:
+    """Open the file at `path` on a new SFTP channel of `transport`; return it as a stream that
+    starts at byte `offset`.
 
     Raise paramiko's or the OS's exceptions (the caller translates them); the channel is closed
     if the file cannot be opened.
@@ -55,7 +56,7 @@ def open_stream(transport: paramiko.Transport, path: str, label: str) -> SftpStr
         raise
     # An instance attribute shadowing paramiko's class constant: prefetch() splits by it.
     handle.MAX_REQUEST_SIZE = request_bytes(transport.remote_version)
-    return SftpStream(sftp, handle, size, label)
+    return SftpStream(sftp, handle, size, label, offset)
 
 
 def request_bytes(server_version: str) -> int:
@@ -71,14 +72,15 @@ class SftpStream(io.RawIOBase):
     closes its channel, which also abandons whatever was still requested.
     """
 
-    def __init__(self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, size: int, label: str):
+    def __init__(self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, size: int, label: str, start: int = 0):
         super().__init__()
         self._sftp = sftp
         self._handle = handle
         self._size = size
         self._label = label
-        self._position = 0
-        self._requested_to = 0
+        self._position = start
+        self._requested_to = start
+        handle.seek(start)
 
     def readable(self) -> bool:
         return True
