@@ -87,7 +87,7 @@ SOURCE = Section({
     **secret_pair("private_key_passphrase", "passphrase of the private key (sftp)"),
     "known_hosts_file": text("OpenSSH known_hosts file; unknown or changed host keys are refused (sftp)"),
     "accept_new_host_keys": flag("trust a host key not yet in known_hosts_file on first use (sftp)"),
-    "tls": flag("explicit FTPS: AUTH TLS before login (ftp)"),
+    "tls": flag("explicit FTPS: AUTH TLS before login (ftp; default true; false sends the password in clear)"),
     "tls_verify": flag("verify the server's TLS certificate (ftp; default true)"),
     "ca_file": text("CA bundle (PEM) to verify the FTPS server with (ftp)"),
     "staging_path": text("local folder remote files are downloaded to before reading (sftp, ftp)"),

@@ -79,7 +79,7 @@ class SourceSettings:
     private_key_passphrase: Secret | None = None
     known_hosts_file: str | None = None
     accept_new_host_keys: bool = False
-    tls: bool = False                           # ftp: explicit FTPS (AUTH TLS)
+    tls: bool = True                            # ftp: explicit FTPS (AUTH TLS); false sends the password in clear
     tls_verify: bool = True
     ca_file: str | None = None
     staging_path: str | None = None             # remote files are downloaded here before reading

@@ -20,7 +20,7 @@ MEGABYTE = 1024 * 1024
 
 def ftp_settings(server, **overrides) -> SourceSettings:
     values = dict(name="remote", type="ftp", path="/exports", host=server.host, port=server.port,
-                  username=server.username, password=Secret(server.password))
+                  username=server.username, password=Secret(server.password), tls=False)
     values.update(overrides)
     return SourceSettings(**values)
 

@@ -185,6 +185,7 @@ def remote_share(protocol: str, request, tmp_path) -> tuple[str, str]:
     password_file.chmod(0o600)
     return server.home, (f"  - name: remote\n    type: ftp\n    host: {server.host}\n    port: {server.port}\n"
                          f"    username: {server.username}\n    password_file: {password_file}\n    path: /exports\n"
+                         "    tls: false\n"
                          + SCAN.format(settle=1.0) + archive.format(archive="/archive"))
 
 

@@ -39,7 +39,7 @@ def sftp_source(server) -> SftpSource:
 
 def ftp_source(server) -> FtpSource:
     return FtpSource(SourceSettings(name="remote", type="ftp", path="/exports", host=server.host, port=server.port,
-                                    username=server.username, password=Secret(server.password)))
+                                    username=server.username, password=Secret(server.password), tls=False))
 
 
 class RestartingServer:

@@ -46,6 +46,9 @@ class FtpSource:
         self._lock = threading.Lock()
         self._control: ftplib.FTP | None = None
         self._warned_unverified = False
+        if not settings.tls:
+            log.warning("ftp_without_tls", source=self.name, host=settings.host,
+                        hint="the password and the exports cross the network in clear; set tls: true (FTPS)")
 
     def list_dir(self, relpath: str) -> list[FileEntry]:
         path = self._path(relpath)
