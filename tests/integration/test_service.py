@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 
 import httpx
 import pytest
@@ -159,3 +160,30 @@ def test_retry_requeues_a_quarantined_workflow(tmp_path, sandbox, running):
     assert sorted(sandbox.store.all()) == ["fixed-0", "fixed-1", "fixed-2"]
     assert cli(config, "retry", "nope").returncode == 1
     assert daemon.terminate() == 0
+
+
+def test_a_second_sigterm_stops_at_once_and_loses_nothing(tmp_path, running):
+    rows = 600
+    with SandboxServer(api_key=API_KEY, faults=Faults(latency_seconds=60)) as sandbox:
+        drop = tmp_path / "drop"
+        # a warm stop would wait for the requests in flight: up to timeout_seconds (30) + 5 s
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=0.5),
+                              braze_extra="  concurrency: 2\n")
+        with open(config) as handle:
+            text = handle.read().replace("timeout_seconds: 5", "timeout_seconds: 30")
+        with open(config, "w") as handle:
+            handle.write(text)
+        daemon = running(config)
+        export(drop / UPSERT / "Offer" / "11" / "RPI_Export_11.txt", rows)
+        wait_for(lambda: "folder_queued" in daemon.log(), 30, 0.1, "the folder to be queued")
+        time.sleep(1)  # requests are now in flight, each answered after 60 s
+        daemon.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "daemon_stopping" in daemon.log(), 10, 0.1, "the warm stop to begin")
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.wait(20) == 0            # far sooner than the 35 s a warm stop would wait
+        assert next(r for r in status(config) if r["workflow_id"] == "11")["status"] != "delivered"
+    with SandboxServer(api_key=API_KEY) as fast:
+        config = write_config(str(tmp_path), fast.url, local_source(str(drop), settle=0.5))
+        running(config)
+        wait_status(config, "11", "delivered", timeout=60)
+        assert sorted(fast.store.all()) == sorted(f"u-{n}" for n in range(rows))
