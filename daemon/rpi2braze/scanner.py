@@ -22,11 +22,11 @@ from rpi2braze.log import get_logger
 from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.settings import SourceSettings
 from rpi2braze.sources.base import Source
-from rpi2braze.state import StateStore
+from rpi2braze.state import FINAL_STATUSES, StateStore
 
 log = get_logger(__name__)
 
-FINISHED = (WorkflowStatus.DELIVERED, WorkflowStatus.QUARANTINED, WorkflowStatus.FAILED)
+FINISHED = FINAL_STATUSES
 RETRY_PENDING_SECONDS = 30.0   # a postponed folder (Braze refused, source hiccup) is retried after at most this
 WAKE_DEBOUNCE_SECONDS = 0.5
 MAX_DOWN_BACKOFF_SECONDS = 300.0  # an unreachable source is tried again at doubling intervals up to this

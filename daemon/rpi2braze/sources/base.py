@@ -75,3 +75,12 @@ def safe_join(base: str, relpath: str) -> str:
     if candidate != real_base and not candidate.startswith(real_base + os.sep):
         raise SourceError(f"path leaves the source base: {relpath!r}")
     return candidate
+
+
+def free_name(target: str, exists: Callable[[str], bool]) -> str:
+    """Return `target`, or `target.1`, `target.2`, ... whichever `exists` says is not taken."""
+    candidate, counter = target, 0
+    while exists(candidate):
+        counter += 1
+        candidate = f"{target}.{counter}"
+    return candidate

@@ -16,7 +16,7 @@ from watchdog.observers import Observer
 from rpi2braze.errors import BadFileError, SourceUnavailable
 from rpi2braze.model import FileEntry
 from rpi2braze.settings import SourceSettings
-from rpi2braze.sources.base import normalise_relpath, safe_join
+from rpi2braze.sources.base import free_name, normalise_relpath, safe_join
 
 
 class _Wake(FileSystemEventHandler):
@@ -60,7 +60,7 @@ class LocalSource:
 
     def move_folder(self, relpath: str, destination: str) -> str:
         source_path = safe_join(self.base, relpath)
-        target = _free_name(os.path.join(destination, normalise_relpath(relpath)))
+        target = free_name(os.path.join(destination, normalise_relpath(relpath)), os.path.lexists)
         try:
             os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
             shutil.move(source_path, target)
@@ -106,11 +106,3 @@ def _exists(item: os.DirEntry) -> bool:
         return False
     return True
 
-
-def _free_name(target: str) -> str:
-    """Return `target`, or `target.1`, `target.2`, ... whichever does not exist yet."""
-    candidate, counter = target, 0
-    while os.path.lexists(candidate):
-        counter += 1
-        candidate = f"{target}.{counter}"
-    return candidate

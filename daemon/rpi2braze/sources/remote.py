@@ -12,7 +12,7 @@ from typing import Callable
 
 from rpi2braze.errors import SourceError
 from rpi2braze.settings import SourceSettings
-from rpi2braze.sources.base import normalise_relpath
+from rpi2braze.sources.base import free_name, normalise_relpath
 
 # A network call that takes longer than this is treated as the server being unavailable.
 CONNECT_TIMEOUT_SECONDS = 15.0
@@ -54,15 +54,6 @@ def location_url(scheme: str, settings: SourceSettings, port: int, path: str) ->
     is shown below "~" (the convention of curl and others)."""
     shown = path if path.startswith("/") else f"/~/{path}"
     return f"{scheme}://{settings.username}@{settings.host}:{port}{shown}"
-
-
-def free_name(target: str, exists: Callable[[str], bool]) -> str:
-    """Return `target`, or `target.1`, `target.2`, ... whichever `exists` says is not taken."""
-    candidate, counter = target, 0
-    while exists(candidate):
-        counter += 1
-        candidate = f"{target}.{counter}"
-    return candidate
 
 
 def ancestors(path: str) -> list[str]:
