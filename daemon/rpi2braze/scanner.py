@@ -223,6 +223,7 @@ class Scanner:
         log.info("folder_queued", source=key.source, channel=key.channel, offer=key.offer,
                  workflow_id=key.workflow_id, files=[entry.name for entry in folder.data_files], forced=force)
         metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
+        self._state.record_seen(key, folder.location)  # `status` lists it as pending while it waits
         self._submit(folder, watched.source, settings)
         return folder
 

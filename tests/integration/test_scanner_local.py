@@ -166,3 +166,12 @@ def test_unreachable_source_backs_off_and_reports_unhealthy(world):
     os.rename(str(base) + ".gone", base)
     scanner.scan_due()
     assert "source:drop" not in HEALTH.report(threshold=-1)[1]["failing"]
+
+
+def test_a_queued_folder_is_pending_in_the_state_file_at_once(world):
+    base, scanner, queued, _, _, state = world
+    folder = drop(base, "1")
+    (folder / "done.ok").write_text("")
+    scanner.scan_due()
+    [record] = state.records()
+    assert (record.key, record.status) == (queued[0].key, WorkflowStatus.PENDING)
