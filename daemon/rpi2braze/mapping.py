@@ -2,12 +2,13 @@
 
 `plan_columns` reads the header once and decides, for each column, what it becomes and which
 normaliser checks it. `map_row` then only walks those precomputed (index, target, convert)
-tuples, because it runs once for each of millions of rows.
+tuples, because it runs once for each of millions of rows: a few hundred nanoseconds per cell
+are most of the pipeline's cost, so it is written for speed (see the comments on why).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
@@ -50,6 +51,14 @@ _SCALAR_CONVERTERS: dict[str, Convert | None] = {
 }
 # The longest JSON a converted value can take: 255 characters escaped as \u00XX, or a {"$time"}.
 _MAX_VALUE_JSON_BYTES = MAX_CHARS * 6 + 2
+# Countries, genders and birth dates repeat across rows: a plan keeps their converted values
+# (a dict lookup in map_row costs a fraction of a call through the normaliser's lru_cache).
+_MEMOISED = frozenset({"country", "gender", "dob"})
+MEMO_ENTRIES = 65536  # per column and plan; further new values are converted every time
+_UNSEEN = object()
+_APPEND = ChannelMode.APPEND  # looking it up on the Enum costs ~80 ns per row
+# An external_id of at most this many characters is within Braze's 987 bytes whatever they are.
+_SHORT_ID_CHARS = normalize.MAX_EXTERNAL_ID_BYTES // 4
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,9 @@ class Layout:
     width: int
     id_index: int
     phone_index: int | None
-    # (index, target, convert); convert None means a plain string of at most 255 characters.
-    scalars: tuple[tuple[int, str, Convert | None], ...]     # standard fields but id and phone
+    # (index, target, convert) and, for scalars, memo: convert None means a plain string of at
+    # most 255 characters; memo, if not None, maps the column's values seen so far to theirs.
+    scalars: tuple[tuple[int, str, Convert | None, dict | None], ...]  # standard fields but id, phone
     arrays: tuple[tuple[int, str], ...]                      # {"add": [value]} fields
     attributes: tuple[tuple[int, str, Convert | None], ...]  # keys of rpi_cdp_attributes
 
@@ -74,6 +84,9 @@ class ColumnPlan:
     exact: Layout
     shifted: Layout | None
     check_attributes_size: bool  # enough wide columns that the 100 KB limit can be reached
+    # offer -> its rpi_offers value, one dict shared by every row: the batcher merges objects
+    # into new ones and nothing downstream changes an object (tests/unit/test_mapping.py).
+    offers: dict[str, dict] = field(default_factory=dict, compare=False)
 
 
 def plan_columns(header: tuple[str, ...], mapping: MappingSettings) -> ColumnPlan:
@@ -90,10 +103,11 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings) -> ColumnPla
     columns = _targets(names, fields, mapping.prepended_columns == "auto")
     if "external_id" not in {target for _, target, _ in columns}:
         raise BadFileError(f"no external_id column in the header {_quoted(names)}")
-    exact = _layout(columns, len(names), types)
+    memos = {target: {} for target in _MEMOISED}
+    exact = _layout(columns, len(names), types, memos)
     shifted = None
     if mapping.prepended_columns == "auto":
-        shifted = _shifted_layout(columns, len(names), types)
+        shifted = _shifted_layout(columns, len(names), types, memos)
     worst_case = sum(len(key) + 4 + _MAX_VALUE_JSON_BYTES for _, key, _ in exact.attributes)
     return ColumnPlan(names, exact, shifted, worst_case + 2 > MAX_ATTRIBUTES_BYTES)
 
@@ -105,58 +119,41 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
     the other columns in rpi_cdp_attributes with "_merge_objects": true. Empty cells are left out.
 
     Raise RowRejected, with the reason, if the reader could not parse the row, its length fits
-    no layout, it has no external_id, or a value breaks Braze's formats or limits.
+    no layout, it has no external_id, or a value breaks Braze's formats or limits; the first
+    such value in the order of the result's keys names the reason.
     """
+    # One function on purpose: it runs for every row, and a call costs about as much as a cell.
     if row.error:
         raise RowRejected(row.error)
     values = row.values
-    layout = _layout_for(plan, len(values))
+    layout = plan.exact if len(values) == plan.exact.width else _layout_for(plan, len(values))
     identifier = values[layout.id_index].strip()
     if not identifier:
         raise RowRejected(f"row has no external_id (column {layout.id_index + 1} is empty)")
-    result = {"external_id": normalize.external_id(identifier),
-              "_update_existing_only": mode is ChannelMode.APPEND}
-    _add_standard_fields(layout, values, result, default_phone_region)
-    _add_arrays(layout, values, result, offer)
-    attributes = _attributes(layout, values)
-    if attributes:
-        if plan.check_attributes_size:
-            _check_size(attributes)
-        result["_merge_objects"] = True
-        result[ATTRIBUTES] = attributes
-    return result
-
-
-# The loops below run for every cell of every row: plain strings are checked inline, because a
-# function call per cell would be a large share of the mapping time.
-
-def _add_standard_fields(layout: Layout, values: tuple[str, ...], result: dict,
-                         region: str) -> None:
-    for index, field, convert in layout.scalars:
+    if len(identifier) > _SHORT_ID_CHARS:
+        normalize.external_id(identifier)  # raises: too long
+    result = {"external_id": identifier, "_update_existing_only": mode is _APPEND}
+    for index, field, convert, memo in layout.scalars:
         if value := values[index].strip():
-            if convert is not None:
-                if (converted := convert(value)) is not None:
-                    result[field] = converted
-            elif len(value) <= MAX_CHARS:
+            if convert is None:
+                if len(value) > MAX_CHARS:
+                    normalize.text(value, field)  # raises: too long
                 result[field] = value
-            else:
-                result[field] = normalize.text(value, field)  # raises: too long
+                continue
+            if memo is None:
+                converted = convert(value)
+            elif (converted := memo.get(value, _UNSEEN)) is _UNSEEN:
+                converted = _remember(memo, value, convert(value))
+            if converted is not None:
+                result[field] = converted
     if layout.phone_index is not None and (value := values[layout.phone_index].strip()):
-        result["phone"] = normalize.phone(value, region)
-
-
-def _add_arrays(layout: Layout, values: tuple[str, ...], result: dict, offer: str) -> None:
+        result["phone"] = normalize.phone(value, default_phone_region)
     for index, field in layout.arrays:
         if value := values[index].strip():
             if len(value) > MAX_CHARS:
                 normalize.text(value, field)  # raises: too long
             result[field] = {"add": [value]}
-    if len(offer) > MAX_CHARS:
-        normalize.text(offer, "offer folder name")  # raises: too long
-    result[OFFERS] = {"add": [offer]}
-
-
-def _attributes(layout: Layout, values: tuple[str, ...]) -> dict:
+    result[OFFERS] = plan.offers.get(offer) or _offer_add(plan, offer)
     attributes = {}
     for index, key, convert in layout.attributes:
         if value := values[index].strip():
@@ -166,7 +163,26 @@ def _attributes(layout: Layout, values: tuple[str, ...]) -> dict:
                 attributes[key] = value
             else:
                 attributes[key] = normalize.text(value, f"{ATTRIBUTES}.{key}")  # raises: too long
-    return attributes
+    if attributes:
+        if plan.check_attributes_size:
+            _check_size(attributes)
+        result["_merge_objects"] = True
+        result[ATTRIBUTES] = attributes
+    return result
+
+
+def _remember(memo: dict, value: str, converted: object) -> object:
+    """Keep a converted value for the next rows, up to MEMO_ENTRIES values per column."""
+    if len(memo) < MEMO_ENTRIES:
+        memo[value] = converted
+    return converted
+
+
+def _offer_add(plan: ColumnPlan, offer: str) -> dict:
+    """The rpi_offers value for `offer`, built once per plan. Raise RowRejected if too long."""
+    normalize.text(offer, "offer folder name")  # raises: too long
+    plan.offers[offer] = {"add": [offer]}
+    return plan.offers[offer]
 
 
 def _layout_for(plan: ColumnPlan, width: int) -> Layout:
@@ -193,13 +209,13 @@ def _configured(settings: dict[str, str], allowed: tuple[str, ...], name: str) -
     return {normalize.header_key(key): value for key, value in settings.items()}
 
 
-def _shifted_layout(columns: list[tuple[int, str, str]], width: int,
-                    types: dict[str, str]) -> Layout | None:
+def _shifted_layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str],
+                    memos: dict[str, dict]) -> Layout | None:
     """The layout of rows with RPI's two prepended values in front, unless the header names them."""
     if {target for _, target, _ in columns} & set(PREPENDED):
         return None
     moved = [(index + 2, target, name) for index, target, name in columns]
-    return _layout([(0, PREPENDED[0], ""), (1, PREPENDED[1], "")] + moved, width + 2, types)
+    return _layout([(0, PREPENDED[0], ""), (1, PREPENDED[1], "")] + moved, width + 2, types, memos)
 
 
 def _targets(names: tuple[str, ...], fields: dict[str, str],
@@ -228,7 +244,8 @@ def _targets(names: tuple[str, ...], fields: dict[str, str],
     return columns
 
 
-def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str]) -> Layout:
+def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str],
+            memos: dict[str, dict]) -> Layout:
     scalars, arrays, attributes = [], [], []
     id_index, phone_index = -1, None
     for index, target, name in columns:
@@ -237,7 +254,7 @@ def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, st
         elif target == "phone":
             phone_index = index
         elif target in _SCALAR_CONVERTERS:
-            scalars.append((index, target, _SCALAR_CONVERTERS[target]))
+            scalars.append((index, target, _SCALAR_CONVERTERS[target], memos.get(target)))
         elif target in ARRAY_FIELDS:
             arrays.append((index, target))
         else:

@@ -36,6 +36,10 @@ DELIMITERS = (",", "\t", "|", ";")
 # Lone surrogates only come from surrogateescape, i.e. from bytes the codec could not decode.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _SUSPECT = re.compile("[\x00\udc80-\udcff]")
+# Codecs whose strict decoding never yields a lone surrogate (tests/unit/test_reader.py checks).
+SURROGATE_FREE_CODECS = frozenset({"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be",
+                                   "utf-32", "utf-32-le", "utf-32-be", "ascii", "iso8859-1",
+                                   "cp1252"})
 _QUOTED = re.compile('"[^"]*(?:"|$)')
 # Errors that mean the bytes themselves are broken from some point on (not the source failing).
 _BROKEN_DATA = (csv.Error, UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile)
@@ -70,16 +74,15 @@ def read_table(stream: BinaryIO, reading: ReadingSettings, file_name: str = "") 
     label = file_name or "the export file"
     head = _read_head(stream, label)
     encoding = _choose_encoding(head, reading.encoding, label)
-    text = io.TextIOWrapper(
-        io.BufferedReader(_PrefixedRaw(head, stream, label), buffer_size=BUFFER_BYTES),
-        encoding=encoding, errors="surrogateescape", newline="",
-    )
+    raw = _PrefixedRaw(head, stream, label, encoding)
+    text = io.TextIOWrapper(io.BufferedReader(raw, buffer_size=BUFFER_BYTES),
+                            encoding=encoding, errors="surrogateescape", newline="")
     lines = _bounded_lines(text)
     lines_before, header_line = _find_header_line(lines, reading.skip_lines, encoding, label)
     delimiter = _sniff_delimiter(header_line) if reading.delimiter == "auto" else reading.delimiter
     reader = csv.reader(itertools.chain([header_line], lines), delimiter=delimiter)
     header = _read_header(reader, encoding, label)
-    rows = _records(reader, header, lines_before, encoding, file_name)
+    rows = _records(reader, raw, header, lines_before, encoding, file_name)
     return Table(header=header, rows=rows, delimiter=delimiter, encoding=encoding)
 
 
@@ -87,26 +90,43 @@ class _PrefixedRaw(io.RawIOBase):
     """A raw stream serving bytes already read (`head`) and then the rest of `stream`.
 
     It lets the reader look at the first bytes of a stream that cannot seek (SFTP, gzip, a pipe).
+    It also decodes every chunk once more, strictly: `suspect` turns true once the bytes handed
+    out hold a NUL or a byte `encoding` cannot decode. Until then no record can hold either, so
+    records need no check of their own (a check per record costs more than one per chunk).
     Closing it does not close `stream`: whoever opened that closes it.
     """
 
-    def __init__(self, head: bytes, stream: BinaryIO, label: str):
+    def __init__(self, head: bytes, stream: BinaryIO, label: str, encoding: str):
         self._head = memoryview(head)
         self._stream = stream
         self._label = label
+        self._decoder = codecs.getincrementaldecoder(encoding)("strict")
+        self._may_decode_to_surrogates = encoding not in SURROGATE_FREE_CODECS
+        self.suspect = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         if self._head:
-            count = min(len(buffer), len(self._head))
-            buffer[:count] = self._head[:count]
-            self._head = self._head[count:]
-            return count
-        data = _read_some(self._stream, len(buffer), self._label)
+            data = bytes(self._head[: len(buffer)])
+            self._head = self._head[len(data):]
+        else:
+            data = _read_some(self._stream, len(buffer), self._label)
         buffer[: len(data)] = data
+        if not self.suspect:
+            self._inspect(data)
         return len(data)
+
+    def _inspect(self, data: bytes) -> None:
+        """Decode the next bytes (none: the end) as the text layer will; note a NUL or bad byte."""
+        try:
+            text = self._decoder.decode(data, not data)
+        except UnicodeDecodeError:
+            self.suspect = True
+            return
+        self.suspect = "\x00" in text or (self._may_decode_to_surrogates
+                                          and not (text.isascii() or _decoded_cleanly(text)))
 
 
 def _read_head(stream: BinaryIO, label: str) -> bytes:
@@ -217,7 +237,8 @@ def _read_header(reader, encoding: str, label: str) -> tuple[str, ...]:
     return tuple(cell.strip() for cell in cells)
 
 
-def _records(reader, header, lines_before: int, encoding: str, file_name: str) -> Iterator[RawRow]:
+def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: int, encoding: str,
+             file_name: str) -> Iterator[RawRow]:
     """Yield each record after the header as a RawRow; blank lines are not records.
 
     A record the csv module or the codec cannot read ends the file: one RawRow carries why.
@@ -229,9 +250,7 @@ def _records(reader, header, lines_before: int, encoding: str, file_name: str) -
             consumed = reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
-            joined = "".join(values)
-            if "\x00" in joined or not (joined.isascii() or _decoded_cleanly(joined)):
-                problem = _row_problem(values, header, start, encoding)
+            if raw.suspect and (problem := _row_problem(values, header, start, encoding)):
                 yield RawRow(start, (), problem, file_name)
             else:
                 yield RawRow(start, tuple(values), None, file_name)  # positional: measurably faster
@@ -250,8 +269,12 @@ def _decoded_cleanly(text: str) -> bool:
     return True
 
 
-def _row_problem(values: list[str], header: tuple[str, ...], start: int, encoding: str) -> str:
-    """Describe the first NUL or undecodable byte of a record, with its physical line."""
+def _row_problem(values: list[str], header: tuple[str, ...], start: int, encoding: str) -> str | None:
+    """Describe the first NUL or undecodable byte of a record, with its physical line; None if
+    the record has neither."""
+    joined = "".join(values)
+    if "\x00" not in joined and (joined.isascii() or _decoded_cleanly(joined)):
+        return None
     for index, value in enumerate(values):
         match = _SUSPECT.search(value)
         if match is None:

@@ -3,6 +3,8 @@
 import orjson
 import pytest
 
+from rpi2braze import mapping as mapping_module
+from rpi2braze.batcher import merge_objects
 from rpi2braze.errors import BadFileError, ConfigError, RowRejected
 from rpi2braze.mapping import map_row, plan_columns
 from rpi2braze.model import ChannelMode, RawRow
@@ -246,3 +248,49 @@ def test_objects_serialise_to_json():
     result = mapped(("external_id", "Score", "Joined", "Name ü"), ("u1", "1e3", "2020-01-01", "ü"),
                     mapping)
     assert orjson.loads(orjson.dumps(result)) == result
+
+
+@pytest.mark.parametrize("header, values, field", [
+    (("external_id", "first_name", "email"), ("u1", "x" * 256, "bad"), "first_name"),
+    (("external_id", "email", "first_name"), ("u1", "bad", "x" * 256), "email"),
+    (("external_id", "phone", "Output Name"), ("u1", "12345", "x" * 256), "phone"),
+    (("external_id", "Output Name", "country"), ("u1", "x" * 256, "Atlantis"), "country"),
+    (("external_id", "Education", "Output Name"), ("u1", "x" * 256, "x" * 256), "rpi_audience_outputs"),
+])
+def test_the_first_bad_value_in_the_objects_order_names_the_reason(header, values, field):
+    assert rejection(header, values).startswith(field)
+
+
+def test_repeated_values_map_alike_row_after_row(monkeypatch):
+    monkeypatch.setattr(mapping_module, "MEMO_ENTRIES", 2)  # most values are then never kept
+    plan = plan_columns(("external_id", "country", "gender", "dob"), MappingSettings())
+    rows = [("u1", "United States", "female", "1980/12/21"), ("u2", "DEU", "Unknown", "19700101"),
+            ("u3", "Côte d'Ivoire", "M", "2000-02-29"), ("u4", "uk", "n/a", "1990-01-02")] * 3
+    results = [map_row(plan, RawRow(2, values), "Offer", ChannelMode.UPSERT, "US") for values in rows]
+    expected = [("US", "F", "1980-12-21"), ("DE", None, "1970-01-01"), ("CI", "M", "2000-02-29"),
+                ("GB", "N", "1990-01-02")] * 3
+    assert [(result["country"], result.get("gender"), result["dob"]) for result in results] == expected
+
+
+def test_a_rejected_value_is_rejected_on_every_row():
+    plan = plan_columns(("external_id", "country"), MappingSettings())
+    for identifier in ("u1", "u2"):
+        with pytest.raises(RowRejected, match="country 'Atlantis'"):
+            map_row(plan, RawRow(2, (identifier, "Atlantis")), "Offer", ChannelMode.UPSERT, "US")
+
+
+def test_objects_sharing_the_offer_value_stay_intact_when_the_batcher_merges_them():
+    # Every row of a plan carries the same rpi_offers dict for an offer; that is safe only while
+    # merging builds new objects instead of changing its inputs, which this pins.
+    plan = plan_columns(("external_id", "Output Name"), MappingSettings())
+
+    def row(identifier, output, offer):
+        return map_row(plan, RawRow(2, (identifier, output)), offer, ChannelMode.UPSERT, "US")
+
+    first, second = row("u1", "A", "Spring"), row("u1", "B", "Summer")
+    merged = merge_objects(first, second)
+    assert merged["rpi_offers"] == {"add": ["Spring", "Summer"]}
+    assert merged["rpi_audience_outputs"] == {"add": ["A", "B"]}
+    assert first == {"external_id": "u1", "_update_existing_only": False,
+                     "rpi_audience_outputs": {"add": ["A"]}, "rpi_offers": {"add": ["Spring"]}}
+    assert row("u2", "C", "Spring")["rpi_offers"] == {"add": ["Spring"]}

@@ -1,8 +1,10 @@
 """Each normaliser against the spellings exports really carry, and the values Braze must not get."""
 
+import itertools
 import re
 from datetime import date
 
+import phonenumbers
 import pytest
 
 from rpi2braze import normalize
@@ -101,6 +103,60 @@ def test_phone_rejects_invalid_numbers(value):
         normalize.phone(value, "US")
 
 
+def phonenumbers_only(value: str, region: str) -> str | None:
+    """What phone() returned before its string checks and its North American fast path:
+    phonenumbers decides all but values shaped like E.164; None for a rejected number."""
+    if re.fullmatch(r"\+[1-9]\d{6,14}", value):
+        return value
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def phone_or_none(value: str, region: str) -> str | None:
+    try:
+        return normalize.phone(value, region)
+    except RowRejected:
+        return None
+
+
+# Every character the regex "\d" or str.isdecimal takes for a digit: both must take the same.
+ALL_DIGITS = sorted(set(re.findall(r"\d", "".join(map(chr, range(0x110000)))))
+                    | {chr(code) for code in range(0x110000) if chr(code).isdecimal()})
+WRITTEN = ("{a}{b}{c}", "({a}) {b}-{c}", "({a}){b}-{c}", "{a}-{b}-{c}", "{a}.{b}.{c}",
+           "{a} {b} {c}", "1{a}{b}{c}", "1-{a}-{b}-{c}", "1 ({a}) {b}-{c}", "+1 {a} {b} {c}",
+           "+1-{a}-{b}-{c}", "+1 ({a}) {b}-{c}", "1.{a}.{b}.{c}", "+1{a}{b}{c}",
+           "({a} {b}-{c}", "{a}) {b}-{c}", "{a}--{b}-{c}", "{a} {b} {c} x12", "{a}{b}{c}1",
+           "2{a}{b}{c}", "+2 {a} {b} {c}", "{a}/{b}-{c}", "({a})  {b}-{c}", "011 {a} {b} {c}")
+
+
+@pytest.mark.parametrize("region", ["US", "CA"])
+def test_phone_gives_what_phonenumbers_gives_for_north_american_numbers(region):
+    # Valid and invalid: area codes starting 0/1, N11 and 555 exchanges, toll-free, premium,
+    # Canadian and Caribbean area codes, written in the usual ways and in nearly usual ones.
+    numbers = [area + exchange + line
+               for area in ("201", "212", "415", "416", "604", "876", "787", "800", "900", "555",
+                            "311", "100", "099", "999", "684", "268")
+               for exchange in ("555", "123", "011", "911", "200", "979")
+               for line in ("0123", "9999")]
+    values = [form.format(a=number[:3], b=number[3:6], c=number[6:])
+              for number in numbers for form in WRITTEN]
+    assert [value for value in values
+            if phone_or_none(value, region) != phonenumbers_only(value, region)] == []
+
+
+def test_phone_in_e164_form_is_recognised_as_the_former_regex_did():
+    values = [f"+1234567{digit}" for digit in ALL_DIGITS] + [f"+{digit}1234567" for digit in ALL_DIGITS]
+    values += ["+" + "1" * length for length in range(0, 18)] + ["+0" + "1" * length for length in range(5, 16)]
+    values += ["++12345678", "1234567890", "+1234567 ", " +12345678", "+1234a678", "+12345678\n"]
+    assert [value for value in values
+            if phone_or_none(value, "US") != phonenumbers_only(value, "US")] == []
+
+
 @pytest.mark.parametrize("value", [
     "ann@example.com", "a.b+tag@sub.example.co.uk", "ANN@EXAMPLE.COM", "o'brien@example.ie",
     "x@y.io", "user@xn--bcher-kva.example",
@@ -117,6 +173,32 @@ def test_email_accepts_addresses(value):
 def test_email_rejects_bad_addresses(value):
     with pytest.raises(RowRejected, match="email .* is not a valid email address"):
         normalize.email(value)
+
+
+# The regex email() used before it became string checks; the table below pins the same meaning.
+FORMER_EMAIL = re.compile(r"[^@\s]+@(?:[^@\s.]+\.)+[^@\s.]+")
+# Every character the regex "\s" or str.split() takes for whitespace.
+ALL_SPACES = sorted(set(re.findall(r"\s", "".join(map(chr, range(0x110000)))))
+                    | {chr(code) for code in range(0x110000) if chr(code).isspace()})
+
+
+def email_accepted(value: str) -> bool:
+    try:
+        return normalize.email(value) == value
+    except RowRejected:
+        return False
+
+
+def test_email_accepts_exactly_what_the_former_regex_accepted():
+    alphabet = "a.@ é\t\x1c\u00a0"
+    values = ["".join(letters) for length in range(1, 6) for letters in itertools.product(alphabet, repeat=length)]
+    values += [template.format(space) for space in ALL_SPACES
+               for template in ("a{}b@x.io", "ab@x{}.io", "{}ab@x.io", "ab@x.io{}", "ab{}@x.io", "ab@{}x.io")]
+    values += ["a" * local + "@example.com" for local in (242, 243, 244)]
+    values += ["a@" + "b." * count + "c" for count in (1, 2, 126, 127)]
+    assert [value for value in values
+            if email_accepted(value) != (len(value) <= 255 and FORMER_EMAIL.fullmatch(value) is not None)] == []
+    assert 0 < sum(map(email_accepted, values)) < len(values)
 
 
 @pytest.mark.parametrize("value", ["u1", "x" * 987, "é" * 493, "😀" * 246])

@@ -8,7 +8,7 @@ import pytest
 
 from rpi2braze.errors import BadFileError, SourceUnavailable
 from rpi2braze.model import RawRow
-from rpi2braze.reader import open_data_stream, read_table
+from rpi2braze.reader import SURROGATE_FREE_CODECS, open_data_stream, read_table
 from rpi2braze.settings import ReadingSettings
 
 AUTO = ReadingSettings()
@@ -237,6 +237,55 @@ def test_a_bad_row_is_reported_and_the_others_still_read(bad_line, error):
     assert rows[1] == RawRow(3, (), error, "RPI_Export_1.txt")
     assert rows[2].values == ("u3", "c@x.io")
     assert rows[2].line == 3 + bad_line.count(b"\n")
+
+
+class ShortReads(io.RawIOBase):
+    """Serves `data` a few bytes per read, as a slow network source may: every multi-byte
+    character is split between two reads somewhere."""
+
+    def __init__(self, data: bytes, size: int = 7):
+        self._data = data
+        self._size = size
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        count = min(len(buffer), self._size, len(self._data))
+        buffer[:count], self._data = self._data[:count], self._data[count:]
+        return count
+
+
+def test_bad_bytes_are_found_wherever_they_are_and_split_characters_are_not_bad():
+    clean = "".join(f"u{number},Zoë Łukasz 😀 {number}\n" for number in range(3000)).encode()
+    data = (b"external_id,name\n" + clean + b"nul,a\x00b\n" + clean + b"bad,caf\xe9!\n" + clean
+            + b"last," + "é".encode()[:1])
+    table = read_table(ShortReads(data), AUTO, "RPI_Export_1.txt")
+    rows = list(table.rows)
+    assert [(row.line, row.error) for row in rows if row.error] == [
+        (3002, "NUL byte in field 2 (name) of the record at line 3002"),
+        (6003, "invalid UTF-8 bytes in line 6003"),
+        (9004, "invalid UTF-8 bytes in line 9004"),
+    ]
+    assert len(rows) == 9003 and rows[-2].values == ("u2999", "Zoë Łukasz 😀 2999")
+
+
+@pytest.mark.parametrize("codec", sorted(SURROGATE_FREE_CODECS))
+def test_the_codecs_trusted_to_decode_without_surrogates_never_yield_one(codec):
+    # The reader skips its check for surrogates in text these codecs decoded without error.
+    if codec in ("ascii", "iso8859-1", "cp1252"):
+        decoded = [bytes([byte]).decode(codec, "ignore") for byte in range(256)]
+        assert not any("\ud800" <= char <= "\udfff" for text in decoded for char in text)
+    else:
+        for surrogate in ("\ud800", "\udc80", "\udfff"):
+            with pytest.raises(UnicodeDecodeError):
+                surrogate.encode(codec, "surrogatepass").decode(codec)
+
+
+def test_a_codec_that_can_decode_to_surrogates_has_its_rows_checked():
+    data = b"id,name\nu1,ok\nu2,\\udc80\nu3,fine\n"  # raw_unicode_escape turns \\udc80 into a surrogate
+    table, rows = read(data, ReadingSettings(encoding="raw_unicode_escape"))
+    assert [row.error for row in rows] == [None, "invalid raw-unicode-escape bytes in line 3", None]
 
 
 def test_explicit_codec_reports_bytes_it_cannot_decode_per_row():
