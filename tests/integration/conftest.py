@@ -272,3 +272,27 @@ def ftps_server(tmp_path, tls_certificate):
     server = FtpServer(str(home), tls_certificate)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def sandbox():
+    """The Braze sandbox on a free loopback port, accepting daemon_helpers.API_KEY."""
+    from daemon_helpers import API_KEY
+    from rpi2braze.sandbox.server import SandboxServer
+    with SandboxServer(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def running(tmp_path):
+    """start(config, **env) runs `rpi2braze run` as a real process; every one is stopped at teardown."""
+    from daemon_helpers import DaemonProcess
+    started = []
+
+    def start(config, **env):
+        started.append(DaemonProcess(config, str(tmp_path / "daemon.log"), extra_env=env).start())
+        return started[-1]
+
+    yield start
+    for daemon in started:
+        daemon.stop_quietly()

@@ -79,25 +79,6 @@ def http_port(daemon: DaemonProcess) -> int:
 HTTP = "http:\n  listen: 127.0.0.1:0\n"
 
 
-@pytest.fixture
-def sandbox():
-    with SandboxServer(api_key=API_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def running(tmp_path):
-    started = []
-
-    def start(config):
-        started.append(DaemonProcess(config, str(tmp_path / "daemon.log")).start())
-        return started[-1]
-
-    yield start
-    for daemon in started:
-        daemon.stop_quietly()
-
-
 def test_a_folder_uploaded_slowly_over_sftp_is_read_only_after_it_settles(tmp_path, sandbox, sshd_server, running):
     config = write_config(str(tmp_path), sandbox.url, sftp_source(sshd_server, settle=3.0))
     daemon = running(config)

@@ -27,25 +27,6 @@ def export(path, rows: int, prefix: str = "u") -> None:
         handle.writelines(f"{prefix}-{n},Name{n},Gold\n" for n in range(rows))
 
 
-@pytest.fixture
-def sandbox():
-    with SandboxServer(api_key=API_KEY) as server:
-        yield server
-
-
-@pytest.fixture
-def running(tmp_path):
-    started = []
-
-    def start(config, **env):
-        started.append(DaemonProcess(config, str(tmp_path / "daemon.log"), extra_env=env).start())
-        return started[-1]
-
-    yield start
-    for daemon in started:
-        daemon.stop_quietly()
-
-
 def http_port(daemon: DaemonProcess) -> int:
     return next(event["http"] for event in daemon.events() if event.get("event") == "daemon_started")
 
