@@ -241,7 +241,9 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
              file_name: str) -> Iterator[RawRow]:
     """Yield each record after the header as a RawRow; blank lines are not records.
 
-    A record the csv module or the codec cannot read ends the file: one RawRow carries why.
+    A record the csv module or the codec cannot read ends the file: raise BadFileError, so the
+    workflow is quarantined with the line number instead of being called delivered without the
+    rest of its rows (the rows before it are already yielded).
     """
     consumed = reader.line_num
     try:
@@ -256,7 +258,7 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
                 yield RawRow(start, tuple(values), None, file_name)  # positional: measurably faster
     except _BROKEN_DATA as error:
         start = lines_before + consumed + 1
-        yield RawRow(line=start, values=(), error=f"unreadable from line {start}: {error}", file=file_name)
+        raise BadFileError(f"{file_name or 'export'}: unreadable from line {start}: {error}") from None
 
 
 def _decoded_cleanly(text: str) -> bool:

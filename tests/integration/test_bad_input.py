@@ -114,3 +114,17 @@ def test_a_bad_second_file_quarantines_the_folder_before_anything_is_sent(tmp_pa
     assert record.status == "quarantined"
     assert "RPI_Export_43.txt" in record.reason and "external_id" in record.reason
     assert sandbox.requests == [] and sandbox.store.all() == {}
+
+
+def test_a_truncated_export_is_quarantined_not_called_delivered(tmp_path, sandbox):
+    import gzip
+    sandbox.reset()
+    settings, _, folder = setup(tmp_path, sandbox, HEADER + GOOD)
+    (folder / "RPI_Export_42.txt").unlink()
+    packed = gzip.compress(HEADER + b"".join(b"u-%d,u%d@example.com,x\n" % (n, n) for n in range(20_000)))
+    (folder / "RPI_Export_42.txt.gz").write_bytes(packed[: len(packed) // 2])
+    assert process_folders(settings, [str(folder)]) == 1
+    with StateStore(settings.state.path) as state:
+        [record] = state.records()
+    assert record.status == "quarantined"
+    assert "RPI_Export_42.txt.gz: unreadable from line" in record.reason
