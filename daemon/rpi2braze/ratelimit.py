@@ -1,7 +1,12 @@
 """The one rate limiter every sender of a Braze workspace shares, across all folders.
 
-A sliding log of grant times: at most `requests` grants in any window of `per_seconds` (a token
-bucket would allow twice that across a window boundary). Braze's own word tightens it:
+At most `requests` requests in any window of `per_seconds` as Braze counts them, on arrival (a
+token bucket would allow twice that across a window boundary). Arrival lies somewhere between our
+grant and the answer, so the sliding log keeps each request until `per_seconds` after its answer,
+and a request still in flight counts as arriving now. Then no window at Braze can hold more than
+`requests`, whatever the network or a busy CPU delays: if the last-granted of N+1 requests in one
+window was granted at t, every other one was either in flight at t or answered after t - window,
+so all N were counted when it was granted. Braze's own word tightens it further:
 
 - a 429's retry delay pauses every sender, not only the one that got it (`pause`);
 - X-RateLimit-Remaining / X-RateLimit-Reset on an answer become a budget (`release`): until the
@@ -20,11 +25,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-# Requests are granted here but counted by Braze on arrival, after a delay that varies from
-# request to request (a new connection, a busy CPU: up to ~40 ms seen on a loaded 2-core test
-# machine); the margin absorbs that jitter.
-WINDOW_MARGIN = 0.02
-WINDOW_MARGIN_SECONDS = 0.1
 # Resets this close are one window of Braze's: the headers have one-second resolution, rounded up.
 SAME_RESET_SECONDS = 1.0
 WAIT_POLL_SECONDS = 0.25
@@ -45,9 +45,9 @@ class RateLimiter:
         if requests < 1 or per_seconds <= 0:
             raise ValueError(f"rate limit needs requests >= 1 and per_seconds > 0, got {requests}, {per_seconds}")
         self.requests = requests
-        self.window = per_seconds * (1 + WINDOW_MARGIN) + WINDOW_MARGIN_SECONDS
+        self.window = per_seconds
         self._clock = clock
-        self._grants: collections.deque[float] = collections.deque()
+        self._answered: collections.deque[float] = collections.deque()  # answer times, oldest first
         self._sequence = 0
         self._paused_until = 0.0
         self._outstanding = 0
@@ -79,7 +79,6 @@ class RateLimiter:
             self._turn.release()
 
     def _grant(self, now: float, started: float) -> Grant:
-        self._grants.append(now)
         self._sequence += 1
         self._outstanding += 1
         if self._budget is not None:
@@ -88,11 +87,12 @@ class RateLimiter:
 
     def _delay(self, now: float) -> float:
         """Seconds until the next grant may be made (<= 0: now)."""
-        while self._grants and now - self._grants[0] >= self.window:
-            self._grants.popleft()
+        while self._answered and now - self._answered[0] >= self.window:
+            self._answered.popleft()
         delay = self._paused_until - now
-        if len(self._grants) >= self.requests:
-            delay = max(delay, self._grants[0] + self.window - now)
+        if len(self._answered) + self._outstanding >= self.requests:
+            # the oldest answer leaving the window frees a place; with none answered, wait for one
+            delay = max(delay, self._answered[0] + self.window - now if self._answered else WAIT_POLL_SECONDS)
         if self._budget is not None:
             if now >= self._budget_until:
                 self._budget = None
@@ -109,10 +109,11 @@ class RateLimiter:
         """The request of `grant` is over; learn from its answer's X-RateLimit-Remaining and
         X-RateLimit-Reset (seconds from now), if it had both."""
         with self._lock:
+            now = self._clock()
             self._outstanding -= 1
+            self._answered.append(now)
             if remaining is None or reset_seconds is None:
                 return
-            now = self._clock()
             reset_at = now + reset_seconds
             self._delay(now)   # forget a budget whose reset has passed
             if self._budget is None or reset_at > self._budget_until + SAME_RESET_SECONDS:

@@ -23,9 +23,10 @@ def test_never_more_than_n_grants_in_any_window():
 
     def take(count):
         for _ in range(count):
-            limiter.acquire()
+            grant = limiter.acquire()
             with lock:
                 grants.append(time.monotonic())
+            limiter.release(grant)
 
     threads = [threading.Thread(target=take, args=(4,)) for _ in range(3)]
     for thread in threads:
@@ -118,3 +119,17 @@ def test_stop_event_releases_waiting_callers():
     for waiter in waiters:
         waiter.join(5)
     assert results == [None, None, None]
+
+
+def test_a_request_counts_until_a_window_after_its_answer():
+    clock = FakeClock()
+    limiter = RateLimiter(requests=2, per_seconds=1.0, clock=clock)
+    first, second = limiter.acquire(), limiter.acquire()
+    clock.now += 5.0                       # still in flight: they may reach Braze at any moment
+    assert limiter._delay(clock.now) > 0   # noqa: SLF001 - the rule itself, with a hand clock
+    limiter.release(first)
+    limiter.release(second)
+    clock.now += 0.9
+    assert limiter._delay(clock.now) > 0   # noqa: SLF001
+    clock.now += 0.2
+    assert limiter._delay(clock.now) <= 0  # noqa: SLF001
