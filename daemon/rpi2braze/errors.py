@@ -12,7 +12,7 @@
         ├── SplittableDeliveryError     400/413 for a whole batch: split it and resend the halves
         └── PermanentDeliveryError      401/403/404: configuration; stop the target, alert
 
-Foreign exceptions (httpx, paramiko, ftplib, csv, OSError, sqlite3) are translated where that
+Foreign exceptions (http.client, ssl, paramiko, ftplib, csv, OSError, sqlite3) are translated where that
 library is called, so code above that layer only sees these.
 """
 

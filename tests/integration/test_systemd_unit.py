@@ -115,8 +115,8 @@ MDWE_PROBE = textwrap.dedent("""
         sys.exit("PR_SET_MDWE did not refuse a writable executable mapping")
     except OSError:
         pass
-    import sqlite3, ssl
-    import httpx, orjson, paramiko, phonenumbers, prometheus_client, pycountry, structlog, yaml
+    import http.client, sqlite3, ssl
+    import orjson, paramiko, phonenumbers, prometheus_client, pycountry, structlog, yaml
     import watchdog.observers
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     import rpi2braze.http_api, rpi2braze.metrics, rpi2braze.notify

@@ -1,10 +1,18 @@
-import httpx
+import http.client
 import pytest
 
 from rpi2braze.braze_client import classify, reset_delay
 from rpi2braze.errors import PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
 
 NOW = 1_800_000_000.0
+
+
+def headers(values: dict | None = None) -> http.client.HTTPMessage:
+    """Response headers as BrazeClient passes them to classify: http.client's message."""
+    message = http.client.HTTPMessage()
+    for name, value in (values or {}).items():
+        message[name] = value
+    return message
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -22,15 +30,15 @@ def test_reset_delay_accepts_delta_and_epoch(value, expected):
 
 
 def test_success_with_errors_and_rate_headers():
-    headers = httpx.Headers({"X-RateLimit-Remaining": "0", "x-ratelimit-reset": str(int(NOW) + 2)})
+    answer_headers = headers({"X-RateLimit-Remaining": "0", "x-ratelimit-reset": str(int(NOW) + 2)})
     body = b'{"message":"success","errors":[{"type":"EMAIL_BAD_FORMAT","input_array":"attributes","index":1}]}'
-    response = classify(201, headers, body, NOW)
+    response = classify(201, answer_headers, body, NOW)
     assert response.errors == ({"type": "EMAIL_BAD_FORMAT", "input_array": "attributes", "index": 1},)
     assert response.rate_remaining == 0
     assert response.rate_reset_seconds == 2.0
 
 
-@pytest.mark.parametrize("status, headers, retry_after", [
+@pytest.mark.parametrize("status, given, retry_after", [
     (429, {"X-Ratelimit-Retry-After": "3"}, 3.0),
     (429, {"x-ratelimit-reset": str(int(NOW) + 9)}, 9.0),
     (429, {}, None),
@@ -40,9 +48,9 @@ def test_success_with_errors_and_rate_headers():
     (504, {}, None),
     (408, {}, None),
 ])
-def test_retryable_statuses(status, headers, retry_after):
+def test_retryable_statuses(status, given, retry_after):
     with pytest.raises(RetryableDeliveryError) as raised:
-        classify(status, httpx.Headers(headers), b"{}", NOW)
+        classify(status, headers(given), b"{}", NOW)
     assert raised.value.status == status
     assert raised.value.retry_after == retry_after
 
@@ -50,18 +58,18 @@ def test_retryable_statuses(status, headers, retry_after):
 @pytest.mark.parametrize("status", [400, 413])
 def test_splittable_statuses(status):
     with pytest.raises(SplittableDeliveryError) as raised:
-        classify(status, httpx.Headers(), b'{"message":"Max Input Length Exceeded"}', NOW)
+        classify(status, headers(), b'{"message":"Max Input Length Exceeded"}', NOW)
     assert "Max Input Length Exceeded" in str(raised.value)
 
 
 @pytest.mark.parametrize("status", [401, 403, 404, 415])
 def test_permanent_statuses(status):
     with pytest.raises(PermanentDeliveryError) as raised:
-        classify(status, httpx.Headers(), b'{"message":"Invalid API key: secret-value"}', NOW)
+        classify(status, headers(), b'{"message":"Invalid API key: secret-value"}', NOW)
     assert raised.value.status == status
 
 
 def test_non_json_body_gives_readable_message():
     with pytest.raises(RetryableDeliveryError) as raised:
-        classify(502, httpx.Headers(), b"<html>Bad Gateway</html>", NOW)
+        classify(502, headers(), b"<html>Bad Gateway</html>", NOW)
     assert "Bad Gateway" in str(raised.value)

@@ -73,7 +73,7 @@ class SandboxHTTPServer(ThreadingHTTPServer):
 
 
 class SandboxHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"   # keep-alive, as Braze and httpx's pool expect
+    protocol_version = "HTTP/1.1"   # keep-alive, as Braze does and rpi2braze expects
     # Headers and body go out in two writes; with Nagle on, the body waits for a delayed ACK (~40 ms).
     disable_nagle_algorithm = True
     server_version = "rpi2braze-sandbox"

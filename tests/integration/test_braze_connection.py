@@ -1,0 +1,118 @@
+"""BrazeClient's keep-alive connection against a real HTTP server on loopback."""
+
+import http.server
+import threading
+
+import pytest
+
+from rpi2braze.braze_client import BrazeClient
+from rpi2braze.errors import RetryableDeliveryError
+from rpi2braze.secret import Secret
+from rpi2braze.settings import BrazeSettings
+
+BODY = b'{"attributes":[{"external_id":"a"}]}'
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    """Counts connections and requests; `closed` is set each time it hangs up on a client."""
+
+    daemon_threads = True
+
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
+        self.connections = 0
+        self.paths: list[str] = []
+        self.closed = threading.Event()
+
+    def process_request(self, request, client_address):
+        self.connections += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        super().shutdown_request(request)
+        self.closed.set()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hang_up_after_answer = False
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.paths.append(self.path)
+        body = b'{"message":"success"}'
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-RateLimit-Remaining", "41")
+        self.end_headers()
+        self.wfile.write(body)
+        # an idle timeout at a proxy: the connection ends without a "Connection: close" warning
+        self.close_connection = self.hang_up_after_answer
+
+    def log_message(self, *arguments):
+        pass
+
+
+class _HangsUp(_Handler):
+    hang_up_after_answer = True
+
+
+def serve(handler):
+    server = _Server(handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.fixture
+def server(request):
+    server, thread = serve(request.param)
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def client_for(server, path: str = "") -> BrazeClient:
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}{path}"
+    return BrazeClient(BrazeSettings(endpoint, Secret("k"), allow_insecure_http=True, timeout_seconds=5))
+
+
+@pytest.mark.parametrize("server", [_Handler], indirect=True)
+def test_requests_share_one_connection_and_read_rate_headers(server):
+    client = client_for(server, "/rest/")
+    try:
+        answers = [client.track(BODY) for _ in range(5)]
+    finally:
+        client.close()
+    assert [answer.status for answer in answers] == [201] * 5
+    assert answers[0].rate_remaining == 41
+    assert server.connections == 1
+    assert server.paths == ["/rest/users/track"] * 5
+
+
+@pytest.mark.parametrize("server", [_HangsUp], indirect=True)
+def test_a_connection_closed_while_idle_is_replaced_not_reported_as_a_failure(server):
+    client = client_for(server)
+    try:
+        for _ in range(3):
+            server.closed.clear()
+            assert client.track(BODY).status == 201
+            assert server.closed.wait(5)
+    finally:
+        client.close()
+    assert server.connections == 3
+
+
+def test_no_server_is_a_retryable_error_without_the_key():
+    with _Server(_Handler) as unused:   # bound, then closed: nothing listens on that port
+        port = unused.server_address[1]
+    client = BrazeClient(BrazeSettings(f"http://127.0.0.1:{port}", Secret("secret-key"),
+                                       allow_insecure_http=True, timeout_seconds=5))
+    try:
+        with pytest.raises(RetryableDeliveryError) as raised:
+            client.track(BODY)
+    finally:
+        client.close()
+    assert raised.value.status is None
+    assert "secret-key" not in str(raised.value)
