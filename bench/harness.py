@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -101,14 +102,58 @@ class Measured:
 
 def measure(command: list[str], log_path: str, env: dict | None = None) -> Measured:
     """Run `command` (stdout and stderr to `log_path`) and measure it with wait4's rusage, which
-    covers exactly that child (and none of this process's other children, like the sink)."""
+    covers exactly that child and its own children (the reading process), and none of this
+    process's other children, like the sink. Peak RSS is the larger of wait4's (the biggest single
+    process) and the peak of the tree's summed RSS, sampled every 50 ms."""
     with open(log_path, "wb") as log:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        sampler = TreeRss(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        sampler.stop()
     process.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(process.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Measured(process.returncode, wall, usage.ru_utime + usage.ru_stime,
+                    max(usage.ru_maxrss / 1024, sampler.peak_mb))
+
+
+class TreeRss:
+    """Samples the summed VmRSS of a process and its direct children until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.pid, self.interval, self.peak_mb = pid, interval, 0.0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            pids = [self.pid, *_children(self.pid)]
+            self.peak_mb = max(self.peak_mb, sum(_rss_kb(pid) for pid in pids) / 1024)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+        return [int(child) for task in tasks
+                for child in open(f"/proc/{pid}/task/{task}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def snapshot(commit: str) -> str:

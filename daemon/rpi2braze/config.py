@@ -85,7 +85,7 @@ def _settings(values: Checked, checker: Checker, base_dir: str) -> Settings:
         http=_http(values["http"], sources, checker, base_dir) if "http" in values else None,
         channels=_channels(values.get("channels"), checker),
         mapping=_mapping(values.get("mapping", Checked({}, frozenset())), checker),
-        **_pick(values, "workers"),
+        **_pick(values, "workers", "parse_process_min_bytes"),
         **{f"log_{key}": value for key, value in values.get("log", {}).items()},  # level, format
     )
 

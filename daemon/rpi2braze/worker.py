@@ -9,22 +9,19 @@ the senders and the state file shows the folder as pending, with Braze's answer 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
 from dataclasses import dataclass
-from typing import Iterator
+from typing import ContextManager, Iterator
 
 from rpi2braze import __version__, archive, metrics
-from rpi2braze.batcher import build_batches
 from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
-from rpi2braze.errors import BadFileError, PermanentDeliveryError, RowRejected, SourceError
+from rpi2braze.errors import BadFileError, PermanentDeliveryError, SourceError
 from rpi2braze.files import data_files
 from rpi2braze.log import get_logger
-from rpi2braze.mapping import ColumnPlan, map_row, plan_columns
-from rpi2braze.model import Batch, DeliveryResult, ExportFolder, Rejection, WorkflowStatus
-from rpi2braze.reader import Table, open_data_stream, read_table
+from rpi2braze.model import Batch, DeliveryResult, ExportFolder, WorkflowStatus
+from rpi2braze.producer import Job, Production, produce, produce_in_child
 from rpi2braze.sender import SenderPool
 from rpi2braze.settings import Settings, SourceSettings
 from rpi2braze.sources.base import Source
@@ -76,22 +73,34 @@ class FolderDelivery:
         state = self._context.state
         state.record_seen(self.key, self.folder.location)
         try:
-            with contextlib.ExitStack() as stack:
-                tables = self._open_tables(stack)
-                self._partitions, acked = state.begin(
-                    self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
+            self._check_listing("the folder changed after it settled; it will be looked at again")
+            self._partitions, acked = state.begin(
+                self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
+            with self._production(acked) as (header, batches):
                 path = deadletter_path(os.path.join(self._context.state_dir, "deadletter"), self.key)
-                self._deadletter = stack.enter_context(DeadLetterWriter(path, tables[0][0].header))
-                try:
-                    self._send_all(tables, self._partitions, acked)
-                finally:  # batches in flight are recorded before the dead-letter file closes, whatever happened
-                    self._wait_outstanding()
-                self._check_unchanged()
+                with DeadLetterWriter(path, header) as self._deadletter:
+                    try:
+                        self._send_all(batches)
+                    finally:  # batches in flight are recorded before the dead-letter file closes, whatever happened
+                        self._wait_outstanding()
+            if not self._interrupted and self._failure is None:
+                # a writer that paused longer than settle_seconds and went on: not delivered
+                self._check_listing("the folder changed while it was being read; "
+                                    "it will be delivered again once it settles")
         except BadFileError as error:
             return self._quarantine(str(error))
         except SourceError as error:
             return self._postpone(f"source problem: {error}")
         return self._conclude()
+
+    def _production(self, acked: frozenset[int]) -> ContextManager[Production]:
+        """The folder's batches, made in this process or, for a big folder, in a child process."""
+        settings = self._context.settings
+        job = Job(self.folder, self._source_settings, settings.mapping, settings.braze.max_objects_per_request,
+                  settings.braze.max_request_bytes, self._partitions, acked, settings.log_level, settings.log_format)
+        if sum(entry.size for entry in self.folder.data_files) >= settings.parse_process_min_bytes:
+            return produce_in_child(job)
+        return produce(job, self._source)
 
     def _fingerprint(self) -> str:
         """What batch numbers depend on: the files, the batching and mapping settings, this version."""
@@ -101,52 +110,18 @@ class FolderDelivery:
                  sorted((entry.name, entry.size, entry.mtime) for entry in self.folder.data_files))
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
-    def _check_unchanged(self) -> None:
-        """A writer that paused longer than settle_seconds and went on: do not call the folder delivered."""
-        if self._interrupted or self._failure is not None:
-            return
+    def _check_listing(self, problem: str) -> None:
+        """Raise SourceError(problem) if the folder's data files are not those it settled with."""
         current = data_files(self._source.list_dir(self.key.relpath), self._source_settings.data_files)
         if {entry.name: entry for entry in current} != {entry.name: entry for entry in self.folder.data_files}:
-            raise SourceError("the folder changed while it was being read; it will be delivered again once it settles")
+            raise SourceError(problem)
 
-    def _open_tables(self, stack: contextlib.ExitStack) -> list[tuple[Table, ColumnPlan]]:
-        """Open every data file and plan its columns before anything is sent (a bad file sends nothing)."""
-        current = {entry.name: entry for entry in data_files(self._source.list_dir(self.key.relpath), self._source_settings.data_files)}
-        if current != {entry.name: entry for entry in self.folder.data_files}:
-            raise SourceError("the folder changed after it settled; it will be looked at again")
-        tables = []
-        for entry in self.folder.data_files:
-            raw = stack.enter_context(self._source.open_file(f"{self.key.relpath}/{entry.name}"))
-            stream = stack.enter_context(open_data_stream(raw, entry.name))
-            try:
-                table = read_table(stream, self._source_settings.reading, entry.name)
-                tables.append((table, plan_columns(table.header, self._context.settings.mapping)))
-            except BadFileError as error:
-                raise BadFileError(f"{entry.name}: {error}" if entry.name not in str(error) else str(error)) from None
-        if not tables:
-            raise BadFileError(f"{self.folder.location}: no data file")
-        return tables
-
-    def _items(self, tables: list[tuple[Table, ColumnPlan]]) -> Iterator:
-        mapping = self._context.settings.mapping
-        for table, plan in tables:
-            for row in table.rows:
-                try:
-                    yield row, map_row(plan, row, self.key.offer, self.folder.mode, mapping.default_phone_region)
-                except RowRejected as rejected:
-                    yield Rejection(row, rejected.reason)
-
-    def _send_all(self, tables: list[tuple[Table, ColumnPlan]], partitions: int, acked: frozenset[int]) -> None:
-        braze = self._context.settings.braze
-        batches = build_batches(self._items(tables), self.key, partitions,
-                                braze.max_objects_per_request, braze.max_request_bytes)
+    def _send_all(self, batches: Iterator[Batch]) -> None:
         for batch in batches:
             if self._context.stop.is_set() or self._failure is not None:
                 self._interrupted = True
                 break
-            if batch.number in acked:
-                continue
-            if not batch.objects:
+            if not batch.rows:
                 self._record(batch, DeliveryResult(self.key, batch.number, 0))
                 continue
             with self._lock:

@@ -95,6 +95,7 @@ ONE_PROBLEM = [
     ((("sources",), []), "sources: must not be empty"),
     ((("workers",), 0), "workers: must be between 1 and 64"),
     ((("workers",), 65), "workers: must be between 1 and 64"),
+    ((("parse_process_min_bytes",), -1), "parse_process_min_bytes: must be >= 0"),
     ((("log", "level"), "verbose"), "log.level: must be one of 'debug', 'info', 'warning', 'error', 'critical', not 'verbose'"),
     ((("log", "format"), "text"), "log.format: must be one of 'json', 'console', not 'text'"),
     ((("state", "pth"), "x"), "state.pth: unknown key (did you mean path?)"),
@@ -267,6 +268,7 @@ def test_defaults_are_the_named_constants():
     assert loaded.channels == settings.DEFAULT_CHANNELS
     assert loaded.mapping == settings.MappingSettings(default_phone_region=settings.DEFAULT_PHONE_REGION)
     assert (loaded.http, loaded.workers, loaded.log_level, loaded.log_format) == (None, 2, "info", "json")
+    assert loaded.parse_process_min_bytes == settings.DEFAULT_PARSE_PROCESS_MIN_BYTES
 
 
 @pytest.mark.parametrize("state, environ, expected", [
@@ -417,7 +419,7 @@ def key_names(spec):
 def test_json_schema_lists_the_top_level_keys_and_rejects_bad_documents():
     schema = json.loads(json.dumps(json_schema()))
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(schema["properties"]) == {"braze", "state", "sources", "http", "channels", "mapping", "workers", "log"}
+    assert set(schema["properties"]) == {"braze", "state", "sources", "http", "channels", "mapping", "workers", "parse_process_min_bytes", "log"}
     assert hand_validate(MINIMAL, schema) == []
     bad = document((("braze", "concurrency"), 0), (("sources", 0, "host"), "h"), (("colour",), "blue"))
     assert len(hand_validate(bad, schema)) == 3

@@ -1,0 +1,147 @@
+"""A big folder is read, mapped and batched by a child process: the same batches, the same errors."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon_helpers import cli, environment, local_source, wait_for, write_config
+from delivery_helpers import UPSERT, export_rows, write_export
+from rpi2braze.errors import BadFileError, SourceUnavailable
+from rpi2braze.files import data_files
+from rpi2braze.model import ExportFolder, WorkflowKey
+from rpi2braze.producer import Job, produce, produce_in_child
+from rpi2braze.sandbox import Faults, SandboxServer
+from rpi2braze.settings import MappingSettings, SourceSettings
+from rpi2braze.sources.local import LocalSource
+
+OFFER = "Child Offer"
+
+
+def job_for(base: Path, workflow_id: str, partitions: int = 4, acked: frozenset[int] = frozenset()) -> tuple[Job, LocalSource]:
+    settings = SourceSettings(name="drop", type="local", path=str(base))
+    source = LocalSource(settings, watch=False)
+    key = WorkflowKey("drop", UPSERT, OFFER, workflow_id)
+    files = data_files(source.list_dir(key.relpath), settings.data_files)
+    folder = ExportFolder(key, "upsert", files, str(base / key.relpath))
+    return Job(folder, settings, MappingSettings(), 75, 4_000_000, partitions, acked), source
+
+
+def produced(production) -> tuple[tuple[str, ...], list]:
+    header, batches = production
+    return header, [(batch.number, batch.partition, batch.rows, batch.encoded, batch.rejected, batch.size_bytes)
+                    for batch in batches]
+
+
+def write_mixed_export(base: Path, workflow_id: str) -> None:
+    """Repeated users (merged objects) and two rows that are rejected before sending."""
+    folder = write_export(base, OFFER, workflow_id, export_rows("c", 700, repeats=2))
+    with open(folder / f"RPI_Export_{workflow_id}.txt", "a", encoding="utf-8") as export:
+        export.write("c1,5719,,NoId,noid@example.com,Out,1\n")
+        export.write("c2,5719,c-bad,Bad,not-an-email,Out,2\n")
+
+
+def test_the_child_produces_the_batches_this_process_would(tmp_path):
+    write_mixed_export(tmp_path, "7001")
+    job, source = job_for(tmp_path, "7001")
+    with produce(job, source) as production:
+        here = produced(production)
+    with produce_in_child(job) as production:
+        child = produced(production)
+    assert child == here
+    assert len(here[1]) > job.partitions                      # several batches per partition
+    assert sum(len(batch[4]) for batch in here[1]) >= 1      # the rejected rows travelled too
+
+
+def test_acknowledged_batches_are_not_produced_again(tmp_path):
+    write_export(tmp_path, OFFER, "7002", export_rows("a", 1000))
+    job, source = job_for(tmp_path, "7002", acked=frozenset({0, 2, 5}))
+    with produce_in_child(job) as (_, batches):
+        numbers = [batch.number for batch in batches]
+    with produce(job, source) as (_, batches):
+        assert [batch.number for batch in batches] == numbers
+    assert numbers and not {0, 2, 5} & set(numbers) and 1 in numbers
+
+
+def test_a_bad_file_raises_the_same_error_in_the_child(tmp_path):
+    folder = tmp_path / UPSERT / OFFER / "7003"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_7003.txt").write_text("first_name,email\nAda,ada@example.com\n")
+    job, source = job_for(tmp_path, "7003")
+    with pytest.raises(BadFileError) as here:
+        with produce(job, source):
+            pass
+    with pytest.raises(BadFileError) as child:
+        with produce_in_child(job):
+            pass
+    assert str(child.value) == str(here.value)
+    assert "external_id" in str(child.value)
+
+
+def test_a_file_gone_before_reading_is_a_source_error_in_the_child(tmp_path):
+    folder = write_export(tmp_path, OFFER, "7004", export_rows("g", 10))
+    job, _ = job_for(tmp_path, "7004")
+    (folder / "RPI_Export_7004.txt").unlink()
+    with pytest.raises(SourceUnavailable, match="cannot open"):
+        with produce_in_child(job):
+            pass
+
+
+def children_of(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_leaving_early_stops_the_child(tmp_path):
+    write_export(tmp_path, OFFER, "7005", export_rows("e", 20_000))
+    job, _ = job_for(tmp_path, "7005")
+    before = children_of(os.getpid())
+    with produce_in_child(job) as (_, batches):
+        next(batches)
+        started = children_of(os.getpid()) - before
+    assert len(started) == 1
+    assert not alive(started.pop())
+
+
+def test_the_child_exits_when_the_daemon_is_killed(tmp_path):
+    drop = tmp_path / "drop"
+    write_export(drop, OFFER, "7006", export_rows("k", 30_000))
+    # Slow answers: the sender falls behind, so the child is blocked writing when its parent dies.
+    with SandboxServer(api_key="integration-test-key", faults=Faults(latency_seconds=0.2)) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=0),
+                              extra="parse_process_min_bytes: 0\n", braze_extra="  concurrency: 2\n")
+        process = subprocess.Popen([sys.executable, "-m", "rpi2braze", "-c", config, "process",
+                                    str(drop / UPSERT / OFFER / "7006")], env=environment(),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: sandbox.requests, timeout=30, what="the first request")
+            (child,) = children_of(process.pid)
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            wait_for(lambda: not alive(child), timeout=15, what="the reading process to exit")
+        finally:
+            process.kill()
+            process.wait(10)
+    assert cli(config, "status", "--json").returncode == 0
