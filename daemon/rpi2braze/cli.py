@@ -7,7 +7,7 @@ import json
 import sys
 import time
 
-from rpi2braze import __version__
+from rpi2braze import __version__, tuning
 from rpi2braze.errors import ConfigError, Rpi2BrazeError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -69,21 +69,12 @@ def _configure_logging(settings, interactive: bool = False) -> None:
         log.configure(settings.log_level, settings.log_format)
 
 
-def _tune_garbage_collector() -> None:
-    """Rows make millions of short-lived, acyclic dicts: reference counting frees them, and the
-    cyclic collector's default gen-0 threshold (700) burns CPU on them (13% measured). A much
-    higher threshold let cyclic garbage grow peak RSS by ~40 MB, so this one is moderate."""
-    import gc
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
-
-
 def command_run(arguments: argparse.Namespace) -> int:
     from rpi2braze.config import resolve_config_path
     from rpi2braze.daemon import Daemon
     settings = _settings(arguments)
     _configure_logging(settings)
-    _tune_garbage_collector()
+    tuning.tune_garbage_collector()
     return Daemon(settings, resolve_config_path(getattr(arguments, "config", None))).run()
 
 
@@ -91,7 +82,7 @@ def command_process(arguments: argparse.Namespace) -> int:
     from rpi2braze.process import process_folders
     settings = _settings(arguments)
     _configure_logging(settings, interactive=True)
-    _tune_garbage_collector()
+    tuning.tune_garbage_collector()
     return process_folders(settings, arguments.folders)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from rpi2braze import log as logging_setup
+from rpi2braze import tuning
 from rpi2braze.batcher import build_batches
 from rpi2braze.errors import BadFileError, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable
 from rpi2braze.log import get_logger
@@ -184,6 +185,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which stops this child
     job: Job = pickle.load(sys.stdin.buffer)
     logging_setup.configure(job.log_level, job.log_format, stream=sys.stderr)
+    tuning.tune_garbage_collector()
     output = sys.stdout.buffer
     try:
         _serve(job, output)
