@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -92,21 +95,69 @@ class Batch:
     `rejected` holds rows refused before sending (by the mapper or the batcher), attached to the
     next batch emitted so they are recorded with it; a batch may carry only rejections.
     `encoded[i]` is `objects[i]` as JSON, encoded once by the batcher (empty: encode when sending).
-    A batch made by a child process (producer.py) crosses without `objects`: `encoded` is what is sent.
+    A batch made by a child process (producer.py) crosses without `objects` (`encoded` is what is
+    sent) and with its `rows` as PackedRows, decoded only if some are rejected.
     """
 
     key: WorkflowKey
     number: int
     partition: int
     objects: tuple[dict, ...]
-    rows: tuple[tuple[RawRow, ...], ...]
+    rows: Sequence[tuple[RawRow, ...]]      # a tuple of tuples, or PackedRows
     size_bytes: int
     rejected: tuple[Rejection, ...] = ()
     encoded: tuple[bytes, ...] = ()
 
     @property
+    def row_counts(self) -> tuple[int, ...]:
+        """How many rows each object was built from, without decoding packed rows."""
+        if isinstance(self.rows, PackedRows):
+            return self.rows.counts
+        return tuple(len(rows) for rows in self.rows)
+
+    @property
     def row_count(self) -> int:
-        return sum(len(rows) for rows in self.rows)
+        return sum(self.row_counts)
+
+
+class PackedRows(Sequence[tuple[RawRow, ...]]):
+    """A batch's rows as they cross from the reading process: each object's row count at once,
+    the rows themselves pickled and decoded only when asked for. A delivered batch never needs
+    them (only a rejection does), and building a million RawRows costs the sending process
+    more CPU than anything else it does."""
+
+    __slots__ = ("counts", "_packed", "_groups")
+
+    def __init__(self, counts: tuple[int, ...], packed: bytes):
+        self.counts = counts
+        self._packed = packed
+        self._groups: tuple[tuple[RawRow, ...], ...] | None = None
+
+    @classmethod
+    def pack(cls, groups: Sequence[tuple[RawRow, ...]]) -> PackedRows:
+        fields = [(row.line, row.values, row.error, row.file) for group in groups for row in group]
+        return cls(tuple(len(group) for group in groups), pickle.dumps(fields, pickle.HIGHEST_PROTOCOL))
+
+    def _decoded(self) -> tuple[tuple[RawRow, ...], ...]:
+        if self._groups is None:
+            rows = iter([RawRow(*fields) for fields in pickle.loads(self._packed)])
+            self._groups = tuple(tuple(itertools.islice(rows, count)) for count in self.counts)
+        return self._groups
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def __getitem__(self, index):
+        return self._decoded()[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __reduce__(self):
+        return PackedRows, (self.counts, self._packed)
+
+    def __repr__(self) -> str:
+        return f"PackedRows({len(self.counts)} objects, {sum(self.counts)} rows)"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from rpi2braze import metrics
 from rpi2braze.batcher import encoded_objects, join_body
@@ -82,22 +82,24 @@ class BatchSender:
         Abandoned when stopping, PermanentDeliveryError if Braze refuses the key and the
         workspace does not hold batches while refused.
         """
-        delivered, rejections, requests = self._send(encoded_objects(batch), list(batch.rows))
+        delivered, rejections, requests = self._send(encoded_objects(batch), batch.rows, batch.row_counts)
         return DeliveryResult(batch.key, batch.number, delivered, tuple(rejections), requests)
 
-    def _send(self, objects: list[bytes], rows: list[tuple[RawRow, ...]]) -> tuple[int, list[Rejection], int]:
-        """Send encoded objects; on 400/413 split them in halves until the bad ones stand alone."""
+    def _send(self, objects: list[bytes], rows: Sequence[tuple[RawRow, ...]],
+              counts: tuple[int, ...]) -> tuple[int, list[Rejection], int]:
+        """Send encoded objects; on 400/413 split them in halves until the bad ones stand alone.
+        `rows` are only looked at for rejections (packed rows stay packed otherwise)."""
         try:
             response, requests = self._post_with_retry(join_body(objects))
         except SplittableDeliveryError as error:
             if len(objects) == 1:
                 return 0, [Rejection(row, str(error)) for row in rows[0]], 1
             middle = len(objects) // 2
-            first = self._send(objects[:middle], rows[:middle])
-            second = self._send(objects[middle:], rows[middle:])
+            first = self._send(objects[:middle], rows[:middle], counts[:middle])
+            second = self._send(objects[middle:], rows[middle:], counts[middle:])
             return first[0] + second[0], first[1] + second[1], first[2] + second[2] + 1
         rejections = _rejections(response, rows)
-        return sum(len(group) for group in rows) - len(rejections), rejections, requests
+        return sum(counts) - len(rejections), rejections, requests
 
     def _post_with_retry(self, body: bytes) -> tuple[TrackResponse, int]:
         attempt = 0
@@ -196,7 +198,7 @@ class _Report:
             self.outcome, self.rtt = Outcome.ANSWERED, rtt
 
 
-def _rejections(response: TrackResponse, rows: list[tuple[RawRow, ...]]) -> list[Rejection]:
+def _rejections(response: TrackResponse, rows: Sequence[tuple[RawRow, ...]]) -> list[Rejection]:
     """Map Braze's per-object errors[] (index into attributes) back to the rows of those objects."""
     rejected: list[Rejection] = []
     seen: set[int] = set()

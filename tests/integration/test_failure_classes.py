@@ -25,6 +25,11 @@ NOTES = 7
 LONG_NOTE = "\N{GRINNING FACE}" * 255   # 1,020 bytes: seven make an object no 6,000-byte request can carry
 
 
+# Read and mapped in this process, or (every folder, however small) in the child process, whose
+# batches reach the senders with their rows packed until a rejection needs them.
+READING = pytest.mark.parametrize("reading", ["", "parse_process_min_bytes: 0\n"], ids=["in_process", "child"])
+
+
 def deadlettered(state_dir) -> list[dict]:
     rows = []
     for root, _, names in os.walk(state_dir / "deadletter"):
@@ -34,7 +39,8 @@ def deadlettered(state_dir) -> list[dict]:
     return rows
 
 
-def test_a_refused_batch_is_halved_until_the_oversized_objects_are_dead_lettered(tmp_path):
+@READING
+def test_a_refused_batch_is_halved_until_the_oversized_objects_are_dead_lettered(tmp_path, reading):
     rows = export_rows("b", 200)
     oversized = {rows[17].external_id, rows[18].external_id, rows[150].external_id}
     folder = tmp_path / "exports" / UPSERT / "Offer" / "61"
@@ -47,7 +53,7 @@ def test_a_refused_batch_is_halved_until_the_oversized_objects_are_dead_lettered
     # At most 10 objects and 6,000 bytes a request: a 75-object batch (~22 KB) is refused with 413
     # until its parts are small enough, then with 400 until they hold 10 objects or fewer.
     with SandboxServer(api_key=API_KEY, max_objects=10, max_bytes=6000) as sandbox:
-        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")), extra=reading)
         result = cli(config, "process", str(folder))
         statuses = {record.status for record in sandbox.requests}
         profiles = sandbox.store.all()
@@ -64,7 +70,8 @@ def test_a_refused_batch_is_halved_until_the_oversized_objects_are_dead_lettered
     assert (record["status"], record["rows_delivered"], record["rows_rejected"]) == ("delivered", 197, 3)
 
 
-def test_only_the_objects_braze_names_in_errors_are_rejected(tmp_path):
+@READING
+def test_only_the_objects_braze_names_in_errors_are_rejected(tmp_path, reading):
     rows = export_rows("e", 120)
     # Addresses the daemon's check lets through and Braze (the sandbox) refuses: a 201 with errors[].
     refused = {5: "a@-example.com", 80: "a@exa_mple.com", 119: "é@example.com"}
@@ -72,7 +79,7 @@ def test_only_the_objects_braze_names_in_errors_are_rejected(tmp_path):
             for number, row in enumerate(rows)]
     folder = write_export(tmp_path / "exports", "Offer", "62", rows, marker=False)
     with SandboxServer(api_key=API_KEY) as sandbox:
-        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")), extra=reading)
         result = cli(config, "process", str(folder))
         profiles = sandbox.store.all()
 
