@@ -242,7 +242,8 @@ def test_a_server_killed_mid_read_fails_the_read_and_a_fresh_read_is_exact(sshd_
     write(base, f"{WORKFLOW}/RPI_Export_1.txt", data)
 
     with source.open_file(f"{WORKFLOW}/RPI_Export_1.txt") as stream:
-        # Past 4 MB every byte is requested; at most the channel window (8 MB) can still arrive.
+        # At most 8 MB are requested ahead of the reader: after 5 MB, the last 7 MB of the 20 were
+        # never asked for, so they cannot arrive once the server stops.
         assert read_exactly(stream, 5 * MEGABYTE) == data[: 5 * MEGABYTE]
         sshd_server.stop()
         with pytest.raises(SourceUnavailable):

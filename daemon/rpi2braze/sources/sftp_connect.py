@@ -5,6 +5,11 @@ SHA256 fingerprint, unless `accept_new_host_keys: true`: then it is accepted onc
 to the file (trust on first use). A key that differs from the known one is always refused: it
 means the server was reinstalled, or someone is in the middle. Keys are never looked for in
 ~/.ssh or an SSH agent: only the configured private key or password is used.
+
+Ciphers and MACs are offered cheapest first for paramiko, whose reading thread decrypts every
+byte under the GIL: AES-GCM is one call per packet and needs no separate MAC, and was about 15%
+less CPU than aes128-ctr with HMAC-SHA2-256 (see bench/bench_sftp.py). CBC modes, 3DES and MD5
+are not offered; HMAC-SHA1 only after every SHA-2 MAC, for servers that have nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from rpi2braze.sources.remote import CONNECT_TIMEOUT_SECONDS, error_reason
 log = get_logger(__name__)
 # Keeps an idle connection alive through firewalls and NAT, and notices a dead one.
 KEEPALIVE_SECONDS = 30
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr", "aes256-ctr")
+PREFERRED_MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256",
+                  "hmac-sha2-512", "hmac-sha1")
 
 
 def connect(settings: SourceSettings, port: int, remembered_keys: paramiko.HostKeys) -> paramiko.SSHClient:
@@ -41,13 +49,23 @@ def connect(settings: SourceSettings, port: int, remembered_keys: paramiko.HostK
             password=settings.password.reveal() if settings.password else None, pkey=private_key,
             timeout=CONNECT_TIMEOUT_SECONDS, banner_timeout=CONNECT_TIMEOUT_SECONDS,
             auth_timeout=CONNECT_TIMEOUT_SECONDS, channel_timeout=CONNECT_TIMEOUT_SECONDS,
-            allow_agent=False, look_for_keys=False,
+            allow_agent=False, look_for_keys=False, transport_factory=new_transport,
         )
     except Exception as error:
         client.close()
         raise _translate(error, settings, port) from None
     client.get_transport().set_keepalive(KEEPALIVE_SECONDS)  # type: ignore[union-attr]
     return client
+
+
+def new_transport(sock, disabled_algorithms: dict | None = None) -> paramiko.Transport:
+    """Return a paramiko Transport on `sock` offering PREFERRED_CIPHERS and PREFERRED_MACS, in
+    that order, as far as this paramiko has them (SSHClient.connect's transport_factory)."""
+    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+    options = transport.get_security_options()
+    options.ciphers = tuple(name for name in PREFERRED_CIPHERS if name in options.ciphers)
+    options.digests = tuple(name for name in PREFERRED_MACS if name in options.digests)
+    return transport
 
 
 def fingerprint(key: paramiko.PKey) -> str:

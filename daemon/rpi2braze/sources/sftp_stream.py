@@ -1,39 +1,50 @@
 """Reading one SFTP file front to back, fast and in constant memory.
 
-A plain paramiko read waits a round trip for every 32 KiB; that is ~30 times slower than
-OpenSSH's client. paramiko's prefetch keeps many read requests in flight instead, but asked for
-the whole file at once it would queue a request for every 32 KiB of it and, on an early close,
-drain every answer. So requests are issued one window at a time, keeping between one and two
-windows ahead of the reader (`SFTPFile.prefetch(file_size=...)` requests from the current
-position up to the given offset). The answers themselves never pile up: the channel's flow
-control window bounds what the server may send before the reader takes it.
+paramiko's SFTPFile, even prefetching, copies every byte several times on its way to the reader
+and moves what is left in the channel buffer on every answer it takes out: on one core that
+Python work, more than the network or the server, set the pace. So a stream speaks SFTP's READ
+itself (draft-ietf-secsh-filexfer-02) on an SFTP channel of its own, after paramiko opened the
+channel and the file (and turned a refused open into the OSError the caller translates):
 
-Each stream has an SFTP channel of its own, with a larger flow control window and packet size
-than paramiko's defaults (2 MiB, 32 KiB), and asks for 64 KiB per request from OpenSSH servers
-(whose sftp-server has always answered reads up to 64 KiB) instead of 32 KiB: together about
-twice as fast on loopback (see bench/bench_sftp.py). Other servers get 32 KiB, which every
-server answers whole; a server that answered less would make paramiko fall back to slow reads.
+- like OpenSSH's own client, it keeps IN_FLIGHT_BYTES of read requests outstanding, each as large
+  as the server answers whole: what OpenSSH's limits@openssh.com extension announces (255 KiB
+  for OpenSSH 8.6 and later), 64 KiB for older OpenSSH, 32 KiB for other servers;
+- it takes everything the channel holds in one recv and cuts the answers out of that without
+  copying them again: the next copy is into the bytes handed to the reader;
+- a server answering fewer bytes than asked is asked for the rest, and for less from then on.
+
+Together about a third less CPU per byte than paramiko's prefetch (see bench/bench_sftp.py).
+Reading parts of the file over two connections at once was no faster: on two cores sshd needs
+one, and paramiko's work holds the GIL. Memory stays bounded: at most IN_FLIGHT_BYTES are
+requested ahead of the reader, and the channel's flow control window (CHANNEL_WINDOW_BYTES)
+bounds what the server sends before the reader takes it; paramiko copies a full buffer twice on
+its way out, so a reader that fell behind briefly holds about three windows.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
-import threading
+import struct
 
 import paramiko
 
 from rpi2braze.errors import SourceUnavailable
 from rpi2braze.sources import remote
+from rpi2braze.sources.sftp_wire import EXTENDED, EXTENDED_REPLY, READ, SftpWire, data_of, string
 
-# A multiple of the request sizes below: at most 512 requests (about 20 KB of them) per window,
-# far below the server's receive window (OpenSSH: 2 MiB), so sending them never waits.
-PREFETCH_WINDOW_BYTES = 16 * 1024 * 1024
-# The most a stream's channel buffers before the reader takes it: the memory one open file costs.
 CHANNEL_WINDOW_BYTES = 8 * 1024 * 1024
 CHANNEL_MAX_PACKET_BYTES = 256 * 1024
-OPENSSH_REQUEST_BYTES = 64 * 1024
-PORTABLE_REQUEST_BYTES = 32 * 1024
+# Taking the whole channel buffer at once: a smaller recv makes paramiko move what remains.
+RECEIVE_BYTES = CHANNEL_WINDOW_BYTES
+IN_FLIGHT_BYTES = 8 * 1024 * 1024
+OPENSSH_REQUEST_BYTES = 64 * 1024  # what OpenSSH's sftp-server answered whole before 8.6
+PORTABLE_REQUEST_BYTES = 32 * 1024  # what every server answers whole
+LARGEST_REQUEST_BYTES = 1024 * 1024
+SMALLEST_REQUEST_BYTES = 4 * 1024
+_READ_TAIL = struct.Struct(">QI")  # offset, length
+_LIMITS = struct.Struct(">QQQQ")  # max packet, max read, max write, max open handles
 
 
 def open_stream(transport: paramiko.Transport, path: str, label: str, offset: int = 0) -> SftpStream:
@@ -48,68 +59,80 @@ def open_stream(transport: paramiko.Transport, path: str, label: str, offset: in
     if sftp is None:
         raise paramiko.SSHException("the server refused an SFTP channel")
     try:
-        sftp.get_channel().settimeout(remote.OPERATION_TIMEOUT_SECONDS)
+        channel = sftp.get_channel()
+        channel.settimeout(remote.OPERATION_TIMEOUT_SECONDS)
         handle = sftp.open(path, "rb")
         size = handle.stat().st_size or 0
+        wire = SftpWire(channel, RECEIVE_BYTES)
+        request_size = negotiated_request_bytes(wire, transport.remote_version)
     except BaseException:
         sftp.close()
         raise
-    # An instance attribute shadowing paramiko's class constant: prefetch() splits by it.
-    handle.MAX_REQUEST_SIZE = request_bytes(transport.remote_version)
-    return SftpStream(sftp, handle, size, label, offset)
+    return SftpStream(sftp, handle, wire, size, label, offset, request_size)
 
 
 def request_bytes(server_version: str) -> int:
-    """Return the read request size for a server announcing `server_version` (its SSH banner)."""
+    """Return the read request size every server announcing `server_version` (its SSH banner)
+    answers whole: 64 KiB for OpenSSH, whose sftp-server always did, 32 KiB for others."""
     return OPENSSH_REQUEST_BYTES if "OpenSSH" in (server_version or "") else PORTABLE_REQUEST_BYTES
+
+
+def negotiated_request_bytes(wire: SftpWire, server_version: str) -> int:
+    """Return the read request size for the server announcing `server_version`: the largest
+    read OpenSSH's limits@openssh.com extension announces, else `request_bytes`.
+
+    Only OpenSSH is asked: a server must answer an unknown extension with a status, but one that
+    never answered would stall every open until the timeout.
+    """
+    if "OpenSSH" not in (server_version or ""):
+        return request_bytes(server_version)
+    packet_type, body = wire.answer(wire.send_all(EXTENDED, [string(b"limits@openssh.com")])[0])
+    answered = packet_type == EXTENDED_REPLY and len(body) >= _LIMITS.size
+    largest_read = _LIMITS.unpack_from(body)[1] if answered else 0
+    if largest_read < PORTABLE_REQUEST_BYTES:  # unsupported (before OpenSSH 8.6), or 0: no limit given
+        return request_bytes(server_version)
+    return min(largest_read, LARGEST_REQUEST_BYTES)
 
 
 class SftpStream(io.RawIOBase):
     """An open remote file as a binary stream, owning the SFTP channel it was opened on.
 
     Reading stops at the size the file had when it was opened. Any failure while reading (the
-    connection dropped, a timeout, the file shrank) raises SourceUnavailable. Closing the stream
-    closes its channel, which also abandons whatever was still requested.
+    connection dropped, a timeout, the file shrank) raises SourceUnavailable, and so does every
+    read after it. Closing the stream closes its channel, which also abandons whatever was still
+    requested.
     """
 
-    def __init__(self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, size: int, label: str, start: int = 0):
+    def __init__(self, sftp: paramiko.SFTPClient, handle: paramiko.SFTPFile, wire: SftpWire, size: int,
+                 label: str, start: int = 0, request_bytes: int = PORTABLE_REQUEST_BYTES):
         super().__init__()
         self._sftp = sftp
         self._handle = handle
+        self._wire = wire
         self._size = size
         self._label = label
-        self._position = start
+        self._position = start  # of the next byte handed out
         self._requested_to = start
-        handle.seek(start)
+        self._request_bytes = request_bytes
+        self._outstanding: collections.deque[tuple[int, int, int]] = collections.deque()  # id, offset, length
+        self._received = memoryview(b"")  # what is left of the answer being handed out
+        self._failure = ""
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def read(self, size: int | None = -1) -> bytes:
-        """Return up to `size` bytes (fewer near the end of a prefetch window), b"" at the end."""
+        """Return the next `size` bytes (fewer only at the end), b"" at the end."""
         if size is None or size < 0:
             return self.readall()
-        self._checkClosed()
-        if size == 0 or self._position >= self._size:
-            return b""
-        try:
-            self._request_ahead()
-            data = self._handle.read(min(size, self._requested_to - self._position))
-        except SourceUnavailable:
-            raise
-        except Exception as error:
-            raise SourceUnavailable(
-                f"reading {self._label} failed at byte {self._position}: {remote.error_reason(error)}") from None
-        if not data:
-            raise SourceUnavailable(f"{self._label} ended at byte {self._position} of {self._size}: "
-                                    "it shrank while being read")
-        self._position += len(data)
-        return data
+        return b"".join(self._take(size))
+
+    def readinto(self, buffer) -> int:
+        filled = 0
+        for piece in self._take(len(buffer)):
+            buffer[filled: filled + len(piece)] = piece
+            filled += len(piece)
+        return filled
 
     def close(self) -> None:
         if not self.closed:
@@ -119,35 +142,59 @@ class SftpStream(io.RawIOBase):
                 self._sftp.close()
             with contextlib.suppress(Exception):
                 self._handle.close()
+            self._received = memoryview(b"")
+            self._wire.discard()
         super().close()
 
-    def _request_ahead(self) -> None:
-        """Request the next window once less than one window is requested ahead of the reader."""
-        if self._requested_to >= self._size or self._requested_to - self._position >= PREFETCH_WINDOW_BYTES:
-            return
-        channel = self._sftp.get_channel()
-        if channel is None or channel.closed or not channel.get_transport().is_active():
-            # Asking a dead connection would only kill prefetch()'s thread with a traceback.
-            raise SourceUnavailable(f"reading {self._label}: the connection was lost at byte {self._position}")
-        end = min(self._requested_to + PREFETCH_WINDOW_BYTES, self._size)
-        # prefetch() starts at the handle's position; nothing is buffered in the handle between
-        # our reads (it is unbuffered), so moving its position there and back loses nothing.
-        self._handle.seek(self._requested_to)
-        before = set(threading.enumerate())
-        self._handle.prefetch(end)
-        self._handle.seek(self._position)
-        self._requested_to = end
-        _wait_for_request_senders(before)
+    def _take(self, size: int) -> list[memoryview]:
+        """Return views of the next `size` bytes (fewer only at the end), waiting for answers."""
+        self._checkClosed()
+        pieces = []
+        wanted = min(size, self._size - self._position)
+        while wanted > 0:
+            if not self._received:
+                self._received = self._next_answer()
+            piece, self._received = self._received[:wanted], self._received[wanted:]
+            pieces.append(piece)
+            wanted -= len(piece)
+            self._position += len(piece)
+        return pieces
 
+    def _next_answer(self) -> memoryview:
+        if not self._failure:
+            try:
+                data = self._answer_in_order()
+            except Exception as error:
+                reason = remote.error_reason(error)
+                self._failure = f"reading {self._label} failed at byte {self._position}: {reason}"
+            else:
+                if data:
+                    return data
+                self._failure = (f"{self._label} ended at byte {self._position} of {self._size}: "
+                                 "it shrank while being read")
+        raise SourceUnavailable(self._failure)
 
-def _wait_for_request_senders(before: set[threading.Thread]) -> None:
-    """Wait until the threads prefetch() started have sent their requests.
+    def _answer_in_order(self) -> memoryview:
+        """Return the data answering the oldest outstanding request (empty: the file ended),
+        requesting ahead first, and ask again for any part of it the server left out."""
+        if self._requested_to - self._position <= IN_FLIGHT_BYTES // 2:
+            # Topping up only at half keeps it to one write, so one SSH packet, per many requests.
+            end = min(self._size, self._position + IN_FLIGHT_BYTES)
+            self._outstanding.extend(self._send_reads(self._requested_to, end))
+            self._requested_to = end
+        request_id, offset, length = self._outstanding.popleft()
+        data = data_of(*self._wire.answer(request_id))
+        if len(data) > length:
+            raise ValueError(f"the server answered a read of {length} bytes with {len(data)}")
+        if 0 < len(data) < length:
+            self._request_bytes = max(min(self._request_bytes, len(data)), SMALLEST_REQUEST_BYTES)
+            self._outstanding.extendleft(reversed(self._send_reads(offset + len(data), offset + length)))
+        return data
 
-    They take milliseconds (the requests are small and the server's window is far from full),
-    and must not outlive this call: one still sending when the stream is closed, or when a
-    failed connection is dropped, dies with a traceback on stderr. paramiko keeps no handle on
-    them, so they are found by name among the threads that appeared during the call.
-    """
-    for thread in set(threading.enumerate()) - before:
-        if "_prefetch_thread" in thread.name:
-            thread.join(remote.OPERATION_TIMEOUT_SECONDS)
+    def _send_reads(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """Request bytes `start` to `end` in one write; return (id, offset, length) per request."""
+        step = self._request_bytes
+        reads = [(offset, min(step, end - offset)) for offset in range(start, end, step)]
+        handle = string(self._handle.handle)
+        ids = self._wire.send_all(READ, [handle + _READ_TAIL.pack(offset, length) for offset, length in reads])
+        return [(request_id, offset, length) for request_id, (offset, length) in zip(ids, reads)]
