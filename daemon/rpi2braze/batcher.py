@@ -108,46 +108,41 @@ def build_batches(
 
 
 def _batches(items: Iterable[tuple[RawRow, dict] | Rejection], batcher: _Batcher) -> Iterator[Batch]:
+    add, pending = batcher.add, batcher.pending  # bound once: this loop runs for every row
     for item in items:
         if isinstance(item, Rejection):
-            batcher.pending.append(item)
-            continue
-        emitted = batcher.add(*item)
-        if emitted is not None:
+            pending.append(item)
+        elif (emitted := add(*item)) is not None:
             yield emitted
     yield from batcher.finish()
 
 
 class _OpenBatch:
-    """The batch one partition is filling, with each object's rows and encoded length."""
+    """The batch one partition is filling: each object with its encoding and its first row, and
+    the rows merged into an object later, by position (a list per object would cost every row
+    an allocation for the few users who appear twice)."""
 
-    __slots__ = ("objects", "rows", "encoded", "positions", "size_bytes")
+    __slots__ = ("objects", "encoded", "first_rows", "later_rows", "positions", "size_bytes")
 
     def __init__(self) -> None:
         self.objects: list[dict] = []
-        self.rows: list[list[RawRow]] = []
         self.encoded: list[bytes] = []
+        self.first_rows: list[RawRow] = []
+        self.later_rows: dict[int, list[RawRow]] = {}
         self.positions: dict[str, int] = {}  # external_id -> index in objects
         self.size_bytes = _BODY_ENVELOPE_BYTES
 
-    def size_appending(self, length: int) -> int:
-        return self.size_bytes + length + (1 if self.objects else 0)  # 1: the comma
-
-    def size_replacing(self, position: int, length: int) -> int:
-        return self.size_bytes - len(self.encoded[position]) + length
-
-    def append(self, external_id: str, attributes: dict, encoded: bytes, row: RawRow) -> None:
-        self.size_bytes = self.size_appending(len(encoded))
-        self.positions[external_id] = len(self.objects)
-        self.objects.append(attributes)
-        self.rows.append([row])
-        self.encoded.append(encoded)
-
-    def replace(self, position: int, attributes: dict, encoded: bytes, row: RawRow) -> None:
-        self.size_bytes = self.size_replacing(position, len(encoded))
+    def replace(self, position: int, attributes: dict, encoded: bytes, row: RawRow, size_bytes: int) -> None:
         self.objects[position] = attributes
         self.encoded[position] = encoded
-        self.rows[position].append(row)
+        self.later_rows.setdefault(position, []).append(row)
+        self.size_bytes = size_bytes
+
+    def rows(self) -> tuple[tuple[RawRow, ...], ...]:
+        rows = [(row,) for row in self.first_rows]
+        for position, later in self.later_rows.items():
+            rows[position] += tuple(later)
+        return tuple(rows)
 
 
 class _Batcher:
@@ -164,42 +159,52 @@ class _Batcher:
 
     def add(self, row: RawRow, attributes: dict) -> Batch | None:
         """Place one object; return the batch it forced out, if any."""
-        encoded = self._encode(attributes)
-        if isinstance(encoded, str):
-            self.pending.append(Rejection(row, encoded))
-            return None
-        external_id = attributes["external_id"]
-        partition = partition_of(external_id, self.partitions)
-        batch = self.open[partition]
-        position = batch.positions.get(external_id)
-        if position is not None:
-            merged = merge_objects(batch.objects[position], attributes)
-            merged_encoded = orjson.dumps(merged)
-            if batch.size_replacing(position, len(merged_encoded)) <= self.max_bytes:
-                batch.replace(position, merged, merged_encoded, row)
-                return None
-        elif len(batch.objects) < self.max_objects and batch.size_appending(len(encoded)) <= self.max_bytes:
-            batch.append(external_id, attributes, encoded, row)
-            return None
-        # Too full: send what the partition holds, and start again with this row's own object
-        # (not the merged one, whose earlier rows are already in the batch being emitted).
-        emitted = self._emit(partition)
-        self.open[partition].append(external_id, attributes, encoded, row)
-        return emitted
-
-    def _encode(self, attributes: dict) -> bytes | str:
-        """Return the object as JSON (encoded once: the sender reuses it), or why it cannot be sent."""
+        # Written out in one function, partition_of included: it runs for every row.
         external_id = attributes.get("external_id")
         if not isinstance(external_id, str) or not external_id:
-            return "attributes object has no external_id"
+            return self._reject(row, "attributes object has no external_id")
         try:
-            encoded = orjson.dumps(attributes)
+            encoded = orjson.dumps(attributes)  # encoded once: the sender reuses it
         except orjson.JSONEncodeError as error:
-            return f"attributes object cannot be encoded as JSON: {error}"
-        alone = _BODY_ENVELOPE_BYTES + len(encoded)
-        if alone > self.max_bytes:
-            return f"attributes object is {alone} bytes, over the request limit of {self.max_bytes}"
-        return encoded
+            return self._reject(row, f"attributes object cannot be encoded as JSON: {error}")
+        length = len(encoded)
+        if _BODY_ENVELOPE_BYTES + length > self.max_bytes:
+            return self._reject(row, f"attributes object is {_BODY_ENVELOPE_BYTES + length} bytes, "
+                                     f"over the request limit of {self.max_bytes}")
+        partition = zlib.crc32(external_id.encode("utf-8")) % self.partitions
+        batch = self.open[partition]
+        position = batch.positions.get(external_id)
+        if position is not None and self._merged(batch, position, attributes, row):
+            return None
+        emitted = None
+        objects = batch.objects
+        size_bytes = batch.size_bytes + length + (1 if objects else 0)  # 1: the comma
+        if position is not None or len(objects) >= self.max_objects or size_bytes > self.max_bytes:
+            # Too full: send what the partition holds, and start again with this row's own
+            # object (not the merged one, whose earlier rows are in the batch being emitted).
+            emitted = self._emit(partition)
+            batch = self.open[partition]
+            objects = batch.objects
+            size_bytes = _BODY_ENVELOPE_BYTES + length
+        batch.positions[external_id] = len(objects)
+        objects.append(attributes)
+        batch.encoded.append(encoded)
+        batch.first_rows.append(row)
+        batch.size_bytes = size_bytes
+        return emitted
+
+    def _merged(self, batch: _OpenBatch, position: int, attributes: dict, row: RawRow) -> bool:
+        """Merge a user's later object into its earlier one, if the body stays within max_bytes."""
+        merged = merge_objects(batch.objects[position], attributes)
+        encoded = orjson.dumps(merged)
+        size_bytes = batch.size_bytes - len(batch.encoded[position]) + len(encoded)
+        if size_bytes > self.max_bytes:
+            return False
+        batch.replace(position, merged, encoded, row, size_bytes)
+        return True
+
+    def _reject(self, row: RawRow, reason: str) -> None:
+        self.pending.append(Rejection(row, reason))
 
     def _emit(self, partition: int) -> Batch:
         batch = self.open[partition]
@@ -208,7 +213,7 @@ class _Batcher:
             number=self.next_number,
             partition=partition,
             objects=tuple(batch.objects),
-            rows=tuple(tuple(rows) for rows in batch.rows),
+            rows=batch.rows(),
             size_bytes=batch.size_bytes,
             rejected=tuple(self.pending),
             encoded=tuple(batch.encoded),

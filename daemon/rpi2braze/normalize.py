@@ -167,10 +167,12 @@ def _parse_datetime(value: str) -> datetime | None:
 def phone(value: str, default_region: str) -> str:
     """Given a phone number, return it in E.164 form; numbers without a country code are read
     as numbers of `default_region`. Raise RowRejected if it is not a valid number."""
-    # Already E.164 ("+", a digit 1-9, 6 to 14 more digits; str.isdecimal is the regex \d):
-    # parsing would cost ~30 µs, this check well under one.
+    # Already E.164 ("+", a digit 1-9, 6 to 14 more ASCII digits): parsing would cost ~30 µs,
+    # this check well under one. str.isdecimal alone would also pass the digits of other
+    # scripts ("+1٢١٢..."), which Braze would get as they are; phonenumbers reads them as the
+    # ASCII digits they stand for, so such a value is parsed below.
     if (8 <= len(value) <= 16 and value[0] == "+" and value[1] in _NONZERO_DIGITS
-            and value[1:].isdecimal()):
+            and value.isascii() and value[1:].isdecimal()):
         return value
     if default_region in nanp.REGIONS and (national := nanp.national_number(value)) is not None:
         if nanp.is_valid(national):

@@ -127,6 +127,15 @@ def test_merge_that_would_overflow_starts_new_batch_with_own_object():
     assert [[row.line for rows in batch.rows for row in rows] for batch in batches] == [[2], [3]]
 
 
+def test_a_user_merged_twice_keeps_all_rows_in_order():
+    items = rows_for([user("u1", email="a@x.com"), user("u2"), user("u1", email="b@x.com"),
+                      user("u3"), user("u1", email="c@x.com")])
+    [batch] = batches_of(items)
+    assert batch.rows == ((items[0][0], items[2][0], items[4][0]), (items[1][0],), (items[3][0],))
+    assert batch.objects[0] == user("u1", email="c@x.com")
+    assert batch.encoded[0] == orjson.dumps(batch.objects[0])
+
+
 def test_same_user_after_its_batch_left_gets_a_new_object():
     items = rows_for([user("u1"), user("u2"), user("u3"), user("u1", email="a@x.com")])
     batches = batches_of(items, max_objects=2)
@@ -247,8 +256,10 @@ def test_every_row_exactly_once(partitions):
         assert join_body(batch.encoded) == encode_body(batch.objects)  # encoded once, sent as is
         external_ids = [obj["external_id"] for obj in batch.objects]
         assert len(set(external_ids)) == len(external_ids)
+        assert type(batch.rows) is tuple and all(type(rows) is tuple for rows in batch.rows)
         for external_id, obj, rows in zip(external_ids, batch.objects, batch.rows):
             assert partition_by_user.setdefault(external_id, batch.partition) == batch.partition
+            assert partition_of(external_id, partitions) == batch.partition
             assert obj == functools.reduce(merge_objects, [attributes_by_line[row.line] for row in rows])
 
     # A user's rows leave in file order, so their sender never lets a later row overtake.

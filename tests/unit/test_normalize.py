@@ -104,9 +104,10 @@ def test_phone_rejects_invalid_numbers(value):
 
 
 def phonenumbers_only(value: str, region: str) -> str | None:
-    """What phone() returned before its string checks and its North American fast path:
-    phonenumbers decides all but values shaped like E.164; None for a rejected number."""
-    if re.fullmatch(r"\+[1-9]\d{6,14}", value):
+    """What phone() must return, without its string checks and its North American fast path:
+    phonenumbers decides all but values in E.164 form with ASCII digits; None for a rejected
+    number."""
+    if re.fullmatch(r"\+[1-9][0-9]{6,14}", value):
         return value
     try:
         number = phonenumbers.parse(value, region)
@@ -124,7 +125,8 @@ def phone_or_none(value: str, region: str) -> str | None:
         return None
 
 
-# Every character the regex "\d" or str.isdecimal takes for a digit: both must take the same.
+# Every character the regex "\d" or str.isdecimal takes for a digit: only ASCII ones may pass
+# the E.164 fast path as they are.
 ALL_DIGITS = sorted(set(re.findall(r"\d", "".join(map(chr, range(0x110000)))))
                     | {chr(code) for code in range(0x110000) if chr(code).isdecimal()})
 WRITTEN = ("{a}{b}{c}", "({a}) {b}-{c}", "({a}){b}-{c}", "{a}-{b}-{c}", "{a}.{b}.{c}",
@@ -149,12 +151,31 @@ def test_phone_gives_what_phonenumbers_gives_for_north_american_numbers(region):
             if phone_or_none(value, region) != phonenumbers_only(value, region)] == []
 
 
-def test_phone_in_e164_form_is_recognised_as_the_former_regex_did():
+def test_phone_in_e164_form_is_recognised_only_with_ascii_digits():
     values = [f"+1234567{digit}" for digit in ALL_DIGITS] + [f"+{digit}1234567" for digit in ALL_DIGITS]
     values += ["+" + "1" * length for length in range(0, 18)] + ["+0" + "1" * length for length in range(5, 16)]
     values += ["++12345678", "1234567890", "+1234567 ", " +12345678", "+1234a678", "+12345678\n"]
     assert [value for value in values
             if phone_or_none(value, "US") != phonenumbers_only(value, "US")] == []
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("+1٢١٢٥٥٥٠١٢٣", "+12125550123"),     # Arabic-Indic digits
+    ("+٩٧١٥٠١٢٣٤٥٦٧", "+971501234567"),   # Arabic-Indic, country code too
+    ("+1۲۱۲۵۵۵۰۱۲۳", "+12125550123"),     # Extended Arabic-Indic (Persian)
+    ("+1२१२५५५०१२३", "+12125550123"),     # Devanagari
+    ("+１２１２５５５０１２３", "+12125550123"),  # fullwidth
+])
+def test_phone_digits_of_other_scripts_become_ascii_e164(value, expected):
+    # Formerly passed through as they were: Braze wants "+" and ASCII digits.
+    assert normalize.phone(value, "US") == expected
+
+
+def test_phone_never_returns_other_digits_than_ascii():
+    values = [f"+1212555012{digit}" for digit in ALL_DIGITS] + [f"+{digit}2125550123" for digit in ALL_DIGITS]
+    results = [phone_or_none(value, "US") for value in values]
+    assert [result for result in results if result is not None and not result.isascii()] == []
+    assert results.count("+12125550123") >= 2  # the ASCII spellings, and others read as them
 
 
 @pytest.mark.parametrize("value", [
