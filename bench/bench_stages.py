@@ -102,7 +102,7 @@ def _body(batch) -> bytes:
     from rpi2braze import batcher
 
     if hasattr(batcher, "join_body"):
-        return batcher.join_body(batcher.encoded_objects(batch))
+        return batcher.join_body(batch.encoded)
     return batcher.encode_body(batch.objects)
 
 

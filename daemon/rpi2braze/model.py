@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import orjson
+
 
 class ChannelMode(StrEnum):
     """What an RPI channel does to Braze profiles."""
@@ -87,26 +89,30 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Batch:
-    """One /users/track request's worth of attribute objects.
+    """One /users/track request's worth of attribute objects, each already encoded as JSON.
 
-    `objects[i]` was built from the rows `rows[i]` (several rows when one user appears twice).
+    `encoded[i]` is one attributes object, built from the rows `rows[i]` (several rows when one
+    user appears twice); the request body is these joined (batcher.join_body).
     `number` is deterministic for a given file and partition count, so a restart can skip
     batches the state file says were acknowledged.
     `rejected` holds rows refused before sending (by the mapper or the batcher), attached to the
     next batch emitted so they are recorded with it; a batch may carry only rejections.
-    `encoded[i]` is `objects[i]` as JSON, encoded once by the batcher (empty: encode when sending).
-    A batch made by a child process (producer.py) crosses without `objects` (`encoded` is what is
-    sent) and with its `rows` as PackedRows, decoded only if some are rejected.
+    A batch made by a child process (producer.py) crosses with its `rows` as PackedRows,
+    decoded only if some are rejected.
     """
 
     key: WorkflowKey
     number: int
     partition: int
-    objects: tuple[dict, ...]
+    encoded: tuple[bytes, ...]
     rows: Sequence[tuple[RawRow, ...]]      # a tuple of tuples, or PackedRows
     size_bytes: int
     rejected: tuple[Rejection, ...] = ()
-    encoded: tuple[bytes, ...] = ()
+
+    @property
+    def objects(self) -> tuple[dict, ...]:
+        """The attributes objects, decoded (for reading and tests; sending uses `encoded`)."""
+        return tuple(orjson.loads(item) for item in self.encoded)
 
     @property
     def row_counts(self) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ The child builds its own Source from the same SourceSettings (its own SFTP or FT
 with the same host-key and TLS checks). It reads one pickled `Job` from stdin and answers on
 stdout with length-prefixed pickled messages: ("header", header), ("batch", Batch) for every
 batch the state file has not acknowledged, then ("end",) or ("error", kind, message). Batches
-cross without their attribute dicts (`Batch.encoded` is what is sent) and with their rows packed. If this process dies,
+cross with their rows packed. If this process dies,
 the child's next write fails and it exits.
 """
 
@@ -170,7 +170,7 @@ def _serve(job: Job, output: BinaryIO) -> None:
         with produce(job, source) as (header, batches):
             _write(output, ("header", header))
             for batch in batches:
-                _write(output, ("batch", dataclasses.replace(batch, objects=(), rows=PackedRows.pack(batch.rows))))
+                _write(output, ("batch", dataclasses.replace(batch, rows=PackedRows.pack(batch.rows))))
         _write(output, ("end",))
     except Exception as error:   # reported to the parent, which decides what it means
         kind = _error_kind(error)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from rpi2braze import metrics
-from rpi2braze.batcher import encoded_objects, join_body
+from rpi2braze.batcher import join_body
 from rpi2braze.braze_client import BrazeClient, TrackResponse
 from rpi2braze.concurrency import ConcurrencyGate, Outcome, Slot
 from rpi2braze.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
@@ -82,7 +82,7 @@ class BatchSender:
         Abandoned when stopping, PermanentDeliveryError if Braze refuses the key and the
         workspace does not hold batches while refused.
         """
-        delivered, rejections, requests = self._send(encoded_objects(batch), batch.rows, batch.row_counts)
+        delivered, rejections, requests = self._send(list(batch.encoded), batch.rows, batch.row_counts)
         return DeliveryResult(batch.key, batch.number, delivered, tuple(rejections), requests)
 
     def _send(self, objects: list[bytes], rows: Sequence[tuple[RawRow, ...]],

@@ -7,6 +7,7 @@ X-RateLimit-Reset headers tighten it further when Braze allows less than the con
 
 import threading
 
+import orjson
 import pytest
 
 from daemon_helpers import API_KEY, DaemonProcess, local_source, status, wait_for, write_config
@@ -87,7 +88,7 @@ def _folders_sharing_a_window(records) -> set[str]:
 @pytest.mark.parametrize("reset_style", ["epoch", "delta"])
 def test_braze_headers_tighten_a_limit_set_too_high(reset_style):
     key = WorkflowKey("drop", "Braze Onboarding and Upsert", "Offer", "9")
-    batches = [Batch(key, number, number % 4, ({"external_id": f"h{number}", "first_name": "H"},),
+    batches = [Batch(key, number, number % 4, (orjson.dumps({"external_id": f"h{number}", "first_name": "H"}),),
                      ((RawRow(number + 2, (f"h{number}",)),),), 60) for number in range(30)]
     done = threading.Semaphore(0)
     outcomes = []

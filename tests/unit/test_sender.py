@@ -57,10 +57,10 @@ def created(ids, number):
 
 
 def make_batch(ids, number=0, partition=0, rows_per_object=1) -> Batch:
-    objects = tuple({"external_id": external_id} for external_id in ids)
+    encoded = tuple(orjson.dumps({"external_id": external_id}) for external_id in ids)
     rows = tuple(tuple(RawRow(line=index * 10 + extra, values=(external_id,)) for extra in range(rows_per_object))
                  for index, external_id in enumerate(ids))
-    return Batch(KEY, number, partition, objects, rows, size_bytes=100)
+    return Batch(KEY, number, partition, encoded, rows, size_bytes=100)
 
 
 def workspace(hold=True, probe_interval=5.0, backoff=NO_WAIT, requests=1000) -> Workspace:
