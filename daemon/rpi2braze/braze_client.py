@@ -11,8 +11,8 @@ import functools
 import http.client
 import select
 import ssl
-import urllib.parse
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -154,8 +154,8 @@ class BrazeClient:
 
         Connection errors, timeouts and garbled answers raise RetryableDeliveryError (status None).
         """
-        self._drop_if_closed_by_server()
         try:
+            self._drop_if_closed_by_server()
             self._connection.request("POST", self._path, body, self._headers)
             response = self._connection.getresponse()
             content = response.read()
@@ -172,7 +172,11 @@ class BrazeClient:
         """An idle keep-alive connection the server has closed reads as ready (EOF): open a new one
         instead of sending a request into it and calling the failure Braze's."""
         sock = self._connection.sock
-        if sock is not None and select.select([sock], [], [], 0)[0]:
+        if sock is None:
+            return
+        readiness = select.poll()   # not select.select: it cannot watch descriptors above 1023
+        readiness.register(sock, select.POLLIN)
+        if readiness.poll(0):
             self._connection.close()
 
     def close(self) -> None:

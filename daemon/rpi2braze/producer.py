@@ -27,10 +27,13 @@ import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
+from rpi2braze import __version__
 from rpi2braze import log as logging_setup
 from rpi2braze import tuning
 from rpi2braze.batcher import build_batches
-from rpi2braze.errors import BadFileError, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable
+from rpi2braze.errors import (
+    BadFileError, ProductionFailed, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable,
+)
 from rpi2braze.log import get_logger
 from rpi2braze.mapping import ColumnPlan, map_row, plan_columns
 from rpi2braze.model import Batch, ExportFolder, PackedRows, Rejection
@@ -60,6 +63,7 @@ class Job:
     acked: frozenset[int] = frozenset()
     log_level: str = "info"
     log_format: str = "json"
+    version: str = __version__   # the daemon's: batch numbers must come from the same code
 
 
 Production = tuple[tuple[str, ...], Iterator[Batch]]   # the first file's header, the batches
@@ -81,21 +85,22 @@ def produce(job: Job, source: Source) -> Iterator[Production]:
 def produce_in_child(job: Job) -> Iterator[Production]:
     """`produce`, run by a child process; the same header, batches and exceptions.
 
-    Raise Rpi2BrazeError if the child fails in a way the in-process path has no class for.
+    Raise ProductionFailed if the child dies or fails in a way the in-process path has no class for.
     Leaving the context stops the child, whether or not every batch was taken.
     """
-    child = subprocess.Popen([sys.executable, "-m", "rpi2braze.producer"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        child.stdin.write(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
-        child.stdin.close()
-        messages = _messages(child.stdout)
-        header = _expect(next(messages, None), "header")
-        yield header, _child_batches(messages)
-    finally:
-        child.kill()
-        child.stdout.close()
-        child.wait()
+    with subprocess.Popen([sys.executable, "-m", "rpi2braze.producer"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+        try:
+            try:
+                child.stdin.write(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
+                child.stdin.close()
+            except BrokenPipeError:
+                raise ProductionFailed("the reading process ended before it took its job") from None
+            messages = _messages(child.stdout)
+            header = _expect(next(messages, None), "header")
+            yield header, _child_batches(messages)
+        finally:
+            child.kill()
 
 
 def _child_batches(messages: Iterator[tuple]) -> Iterator[Batch]:
@@ -103,17 +108,17 @@ def _child_batches(messages: Iterator[tuple]) -> Iterator[Batch]:
         if message[0] == "end":
             return
         yield _expect(message, "batch")
-    raise Rpi2BrazeError("the reading process ended without finishing the folder")
+    raise ProductionFailed("the reading process ended without finishing the folder")
 
 
 def _expect(message: tuple | None, kind: str):
     if message is None:
-        raise Rpi2BrazeError("the reading process ended before it answered")
+        raise ProductionFailed("the reading process ended before it answered")
     if message[0] == "error":
         _, error_kind, text = message
-        raise _ERROR_KINDS.get(error_kind, Rpi2BrazeError)(text)
+        raise _ERROR_KINDS.get(error_kind, ProductionFailed)(text)
     if message[0] != kind:
-        raise Rpi2BrazeError(f"the reading process answered {message[0]!r} where {kind!r} was due")
+        raise ProductionFailed(f"the reading process answered {message[0]!r} where {kind!r} was due")
     return message[1]
 
 
@@ -165,24 +170,40 @@ def _write(stream: BinaryIO, message: tuple) -> None:
 
 
 def _serve(job: Job, output: BinaryIO) -> None:
-    source = build_source(job.source_settings)
     try:
-        with produce(job, source) as (header, batches):
-            _write(output, ("header", header))
-            for batch in batches:
-                _write(output, ("batch", dataclasses.replace(batch, rows=PackedRows.pack(batch.rows))))
+        if job.version != __version__:
+            raise SourceError(f"rpi2braze {__version__} is installed but {job.version} is running: "
+                              "the folder waits for the daemon's restart")
+        with contextlib.closing(build_source(_child_source_settings(job.source_settings))) as source:
+            with produce(job, source) as (header, batches):
+                _write(output, ("header", header))
+                for batch in batches:
+                    _write(output, ("batch", dataclasses.replace(batch, rows=PackedRows.pack(batch.rows))))
         _write(output, ("end",))
+    except BrokenPipeError:
+        raise
     except Exception as error:   # reported to the parent, which decides what it means
         kind = _error_kind(error)
         if kind == "crash":
             log.exception("reading_process_failed", workflow_id=job.folder.key.workflow_id)
         _write(output, ("error", kind, str(error) or type(error).__name__))
-    finally:
-        source.close()
+
+
+def runs_in_child(settings: SourceSettings) -> bool:
+    """Whether a child can read this source as safely as the daemon: it opens its own connection,
+    so it must check the host key the daemon accepted, which it can only find in a file."""
+    return not (settings.type == "sftp" and settings.accept_new_host_keys and not settings.known_hosts_file)
+
+
+def _child_source_settings(settings: SourceSettings) -> SourceSettings:
+    """The child never accepts a host key itself: the daemon did, and wrote it to the file."""
+    return dataclasses.replace(settings, accept_new_host_keys=False)
 
 
 def main() -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which stops this child
+    # Ctrl-C and systemd's stop reach the whole group: the parent decides, and kills this child.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     job: Job = pickle.load(sys.stdin.buffer)
     logging_setup.configure(job.log_level, job.log_format, stream=sys.stderr)
     tuning.tune_garbage_collector()

@@ -1,5 +1,6 @@
 """A big folder is read, mapped and batched by a child process: the same batches, the same errors."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -8,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon_helpers import cli, environment, local_source, wait_for, write_config
+from daemon_helpers import environment, local_source, status, wait_for, write_config
 from delivery_helpers import UPSERT, export_rows, write_export
-from rpi2braze.errors import BadFileError, SourceUnavailable
+from rpi2braze.errors import BadFileError, ProductionFailed, SourceError, SourceUnavailable
 from rpi2braze.files import data_files
 from rpi2braze.model import ExportFolder, WorkflowKey
-from rpi2braze.producer import Job, produce, produce_in_child
+from rpi2braze.producer import Job, produce, produce_in_child, runs_in_child
 from rpi2braze.sandbox import Faults, SandboxServer
 from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources.local import LocalSource
@@ -144,4 +145,53 @@ def test_the_child_exits_when_the_daemon_is_killed(tmp_path):
         finally:
             process.kill()
             process.wait(10)
-    assert cli(config, "status", "--json").returncode == 0
+    (record,) = status(config)
+    assert record["status"] == "in_progress" and 0 < record["rows_delivered"] < 30_000
+
+
+def test_a_child_killed_midway_is_a_production_failure_not_an_end(tmp_path):
+    write_export(tmp_path, OFFER, "7007", export_rows("m", 30_000))
+    job, _ = job_for(tmp_path, "7007")
+    before = children_of(os.getpid())
+    taken = 0
+    with pytest.raises(ProductionFailed, match="ended without finishing"):
+        with produce_in_child(job) as (_, batches):
+            for _ in batches:
+                if taken == 0:
+                    (child,) = children_of(os.getpid()) - before
+                    os.kill(child, signal.SIGKILL)
+                taken += 1
+    assert 1 <= taken < 30_000 // 75
+
+
+def test_the_child_ignores_sigterm_sent_to_its_group(tmp_path):
+    write_export(tmp_path, OFFER, "7008", export_rows("t", 3_000))
+    job, source = job_for(tmp_path, "7008")
+    before = children_of(os.getpid())
+    with produce_in_child(job) as (_, batches):
+        (child,) = children_of(os.getpid()) - before
+        os.kill(child, signal.SIGTERM)   # systemd's stop reaches every process of the service
+        numbers = [batch.number for batch in batches]
+    with produce(job, source) as (_, batches):
+        assert numbers == [batch.number for batch in batches]
+
+
+def test_a_child_of_another_version_refuses_the_job(tmp_path):
+    write_export(tmp_path, OFFER, "7009", export_rows("v", 10))
+    job, _ = job_for(tmp_path, "7009")
+    with pytest.raises(SourceError, match="0.0.0-older is running"):
+        with produce_in_child(dataclasses.replace(job, version="0.0.0-older")):
+            pass
+
+
+@pytest.mark.parametrize("source_type, accept_new, known_hosts, expected", [
+    ("local", False, None, True),
+    ("sftp", False, "/etc/known", True),
+    ("sftp", True, "/etc/known", True),    # keys the daemon accepts are written there for the child
+    ("sftp", True, None, False),           # accepted keys live only in the daemon's memory
+    ("ftp", False, None, True),
+])
+def test_only_sources_a_child_can_verify_the_same_way_run_in_a_child(source_type, accept_new, known_hosts, expected):
+    settings = SourceSettings(name="s", type=source_type, path="/x", accept_new_host_keys=accept_new,
+                              known_hosts_file=known_hosts)
+    assert runs_in_child(settings) is expected

@@ -58,10 +58,11 @@ def connect(settings: SourceSettings, port: int, remembered_keys: paramiko.HostK
     return client
 
 
-def new_transport(sock, disabled_algorithms: dict | None = None) -> paramiko.Transport:
+def new_transport(sock, **options) -> paramiko.Transport:
     """Return a paramiko Transport on `sock` offering PREFERRED_CIPHERS and PREFERRED_MACS, in
-    that order, as far as this paramiko has them (SSHClient.connect's transport_factory)."""
-    transport = paramiko.Transport(sock, disabled_algorithms=disabled_algorithms)
+    that order, as far as this paramiko has them (SSHClient.connect's transport_factory).
+    `options` are whatever this paramiko's SSHClient passes (3.x adds the GSS-API ones)."""
+    transport = paramiko.Transport(sock, **options)
     options = transport.get_security_options()
     options.ciphers = tuple(name for name in PREFERRED_CIPHERS if name in options.ciphers)
     options.digests = tuple(name for name in PREFERRED_MACS if name in options.digests)
