@@ -7,12 +7,14 @@ exceptions do not escape this module, and the API key is never part of a message
 
 from __future__ import annotations
 
+import base64
 import functools
 import http.client
 import select
 import ssl
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -124,6 +126,35 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
     return context
 
 
+def _connection(endpoint: urllib.parse.SplitResult, settings: BrazeSettings) -> http.client.HTTPConnection:
+    """A connection to `endpoint`, through the proxy the environment names (HTTPS_PROXY for
+    https, HTTP_PROXY for http, NO_PROXY to bypass) as a CONNECT tunnel, so TLS and the
+    certificate check still run end to end with Braze. Plain http only reaches here with
+    allow_insecure_http (config_check refuses it otherwise)."""
+    secure = endpoint.scheme == "https"
+    port = endpoint.port or (443 if secure else 80)
+    proxy = _proxy_for(endpoint)
+    host, connect_port = (proxy.hostname, proxy.port or 80) if proxy else (endpoint.hostname, port)
+    if secure:
+        connection = http.client.HTTPSConnection(host, connect_port, timeout=settings.timeout_seconds,
+                                                 context=tls_context(settings.ca_file))
+    else:
+        connection = http.client.HTTPConnection(host, connect_port, timeout=settings.timeout_seconds)
+    if proxy:
+        credentials = f"{urllib.parse.unquote(proxy.username or '')}:{urllib.parse.unquote(proxy.password or '')}"
+        headers = {"Proxy-Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()} \
+            if proxy.username else None
+        connection.set_tunnel(endpoint.hostname, port, headers)
+    return connection
+
+
+def _proxy_for(endpoint: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
+    if urllib.request.proxy_bypass(endpoint.hostname or ""):
+        return None
+    url = urllib.request.getproxies().get(endpoint.scheme)
+    return urllib.parse.urlsplit(url if "://" in url else f"http://{url}") if url else None
+
+
 class BrazeClient:
     """A keep-alive connection to one Braze REST endpoint. Not shared between threads: each
     sender thread has its own, so no request waits for another's connection.
@@ -141,13 +172,7 @@ class BrazeClient:
             "Content-Type": "application/json",
             "User-Agent": "rpi2braze",
         }
-        if endpoint.scheme == "https":
-            self._connection = http.client.HTTPSConnection(
-                endpoint.hostname, endpoint.port, timeout=settings.timeout_seconds,
-                context=tls_context(settings.ca_file))
-        else:   # plain http only reaches here with allow_insecure_http (config_check refuses it otherwise)
-            self._connection = http.client.HTTPConnection(
-                endpoint.hostname, endpoint.port, timeout=settings.timeout_seconds)
+        self._connection = _connection(endpoint, settings)
 
     def track(self, body: bytes) -> TrackResponse:
         """POST one encoded {"attributes": [...]} body; return or raise as `classify` does.

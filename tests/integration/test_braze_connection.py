@@ -1,6 +1,8 @@
-"""BrazeClient's keep-alive connection against a real HTTP server on loopback."""
+"""BrazeClient's keep-alive connection against a real HTTP server (and proxy) on loopback."""
 
+import contextlib
 import http.server
+import socket
 import threading
 
 import pytest
@@ -116,3 +118,93 @@ def test_no_server_is_a_retryable_error_without_the_key():
         client.close()
     assert raised.value.status is None
     assert "secret-key" not in str(raised.value)
+
+
+class _ConnectProxy:
+    """A CONNECT-only HTTP proxy on loopback that relays bytes and records what it was asked."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.requests: list[bytes] = []
+        self._threads: list[threading.Thread] = []
+        self._start(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"http://user:p%40ss@127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _start(self, target, *arguments) -> None:
+        thread = threading.Thread(target=target, args=arguments, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += client.recv(4096)
+            self.requests.append(head)
+            target = head.split()[1].decode()
+            upstream = socket.create_connection((target.rsplit(":", 1)[0], int(target.rsplit(":", 1)[1])))
+            client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            self._start(self._relay, client, upstream)
+            self._start(self._relay, upstream, client)
+
+    @staticmethod
+    def _relay(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)   # wakes the accept() waiting in its thread
+        self.listener.close()
+        for thread in self._threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def proxy():
+    running = _ConnectProxy()
+    yield running
+    running.close()
+
+
+@pytest.mark.parametrize("server", [_Handler], indirect=True)
+def test_the_proxy_the_environment_names_carries_requests_in_a_tunnel(server, proxy, monkeypatch):
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    client = client_for(server)
+    try:
+        assert [client.track(BODY).status for _ in range(3)] == [201] * 3
+    finally:
+        client.close()
+    port = server.server_address[1]
+    (request,) = proxy.requests   # one tunnel, kept alive
+    assert request.startswith(f"CONNECT 127.0.0.1:{port} HTTP/1.".encode())
+    assert b"Proxy-Authorization: Basic dXNlcjpwQHNz\r\n" in request   # user:p@ss
+    assert server.paths == ["/users/track"] * 3
+
+
+@pytest.mark.parametrize("server", [_Handler], indirect=True)
+def test_no_proxy_sends_requests_directly(server, proxy, monkeypatch):
+    monkeypatch.setenv("http_proxy", proxy.url)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    client = client_for(server)
+    try:
+        assert client.track(BODY).status == 201
+    finally:
+        client.close()
+    assert proxy.requests == []
