@@ -82,6 +82,8 @@ def test_data_of_a_read_answer(answer, expected):
     (status_packet(1, 3, b"Permission denied"), OSError, "status 3 Permission denied"),
     (packet(102, 1, struct.pack(">I", 4) + b"hdl1"), ValueError, "packet type 102"),
     (packet(DATA, 1, struct.pack(">I", 10) + b"short"), ValueError, "announcing 10"),
+    (packet(STATUS, 1, b"\x00\x01"), ValueError, "2 bytes, too few"),
+    (packet(DATA, 1, b""), ValueError, "0 bytes, too few"),
 ])
 def test_a_read_answer_that_is_not_data_is_an_error(answer, error, match):
     (packet_type, _, body), = split_packets(b"", answer)[0]

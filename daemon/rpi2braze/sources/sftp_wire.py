@@ -110,7 +110,9 @@ def string(value: bytes) -> bytes:
 
 def data_of(packet_type: int, body: memoryview) -> memoryview:
     """Return the bytes a READ answer carries: empty at the end of the file. Raise OSError for
-    any other status, ValueError for an answer that is neither data nor status."""
+    any other status, ValueError for an answer that is neither data nor status, or too short."""
+    if len(body) < _LENGTH.size:
+        raise ValueError(f"the server answered a read with {len(body)} bytes, too few for any answer")
     if packet_type == DATA:
         length = _LENGTH.unpack_from(body)[0]
         if length > len(body) - _LENGTH.size:
