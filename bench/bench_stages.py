@@ -6,10 +6,10 @@ Stages, each cumulative over the cached export: csv.reader alone; reader.read_ta
 + build_batches (which encodes each object once, as the sender sends it); + join_body, the
 request bodies the sender builds from those encodings. Next to them, the floor the card
 measured: csv.reader + building a plain dict + orjson.dumps. Then the cost of one /users/track
-request of a real 75-object body
-against bench/sink.py: BrazeClient (http.client), httpx.Client, bare http.client with keep-alive, and a raw socket with a
-prebuilt header. The sum of a row's stage costs plus 1/75 of a request is the most one core can
-do; the GIL makes one process roughly one core for Python code.
+request of a real 75-object body against bench/sink.py: BrazeClient (http.client), httpx.Client,
+bare http.client with keep-alive, and a raw socket with a prebuilt header. The sum of a row's
+stage costs plus 1/75 of a request is the most one core can do; the GIL makes one process
+roughly one core for Python code.
 """
 
 from __future__ import annotations

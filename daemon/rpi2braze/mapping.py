@@ -55,11 +55,6 @@ _MAX_VALUE_JSON_BYTES = MAX_CHARS * 6 + 2
 # (a dict lookup in map_row costs a fraction of a call through the normaliser's lru_cache).
 _MEMOISED = frozenset({"country", "gender", "dob"})
 MEMO_ENTRIES = 65536  # per column and plan; further new values are converted every time
-# The rpi_* arrays: a plan shares one {"add": [value]} among the rows with that value (output
-# names and execution IDs repeat), which spares each row two objects to build, free and have
-# the garbage collector walk while the batcher holds them. Nothing changes an object once
-# mapped (see `offers`). Contact IDs never repeat: the bound keeps their memo small.
-ARRAY_MEMO_ENTRIES = 1024
 _UNSEEN = object()
 _APPEND = ChannelMode.APPEND  # looking it up on the Enum costs ~80 ns per row
 # An external_id of at most this many characters is within Braze's 987 bytes whatever they are.
@@ -76,7 +71,7 @@ class Layout:
     # (index, target, convert) and, for scalars, memo: convert None means a plain string of at
     # most 255 characters; memo, if not None, maps the column's values seen so far to theirs.
     scalars: tuple[tuple[int, str, Convert | None, dict | None], ...]  # standard fields but id, phone
-    arrays: tuple[tuple[int, str, dict], ...]                # {"add": [value]} fields, memo
+    arrays: tuple[tuple[int, str], ...]                      # {"add": [value]} fields
     attributes: tuple[tuple[int, str, Convert | None], ...]  # keys of rpi_cdp_attributes
 
 
@@ -108,7 +103,7 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings) -> ColumnPla
     columns = _targets(names, fields, mapping.prepended_columns == "auto")
     if "external_id" not in {target for _, target, _ in columns}:
         raise BadFileError(f"no external_id column in the header {_quoted(names)}")
-    memos = {target: {} for target in (*_MEMOISED, *ARRAY_FIELDS)}
+    memos = {target: {} for target in _MEMOISED}
     exact = _layout(columns, len(names), types, memos)
     shifted = None
     if mapping.prepended_columns == "auto":
@@ -153,15 +148,11 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
                 result[field] = converted
     if layout.phone_index is not None and (value := values[layout.phone_index].strip()):
         result["phone"] = normalize.phone(value, default_phone_region)
-    for index, field, memo in layout.arrays:
+    for index, field in layout.arrays:
         if value := values[index].strip():
-            if (added := memo.get(value)) is None:
-                if len(value) > MAX_CHARS:
-                    normalize.text(value, field)  # raises: too long
-                added = {"add": [value]}
-                if len(memo) < ARRAY_MEMO_ENTRIES:
-                    memo[value] = added
-            result[field] = added
+            if len(value) > MAX_CHARS:
+                normalize.text(value, field)  # raises: too long
+            result[field] = {"add": [value]}
     result[OFFERS] = plan.offers.get(offer) or _offer_add(plan, offer)
     attributes = {}
     for index, key, convert in layout.attributes:
@@ -265,7 +256,7 @@ def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, st
         elif target in _SCALAR_CONVERTERS:
             scalars.append((index, target, _SCALAR_CONVERTERS[target], memos.get(target)))
         elif target in ARRAY_FIELDS:
-            arrays.append((index, target, memos[target]))
+            arrays.append((index, target))
         else:
             key = target.removeprefix(ATTRIBUTES + ".")
             column_type = types.get(normalize.header_key(name), "string")

@@ -294,21 +294,6 @@ def test_objects_sharing_the_offer_value_stay_intact_when_the_batcher_merges_the
     assert first == {"external_id": "u1", "_update_existing_only": False,
                      "rpi_audience_outputs": {"add": ["A"]}, "rpi_offers": {"add": ["Spring"]}}
     assert row("u2", "C", "Spring")["rpi_offers"] == {"add": ["Spring"]}
-    # A repeated output name is shared the same way: merging it into itself changes neither.
-    third = row("u1", "A", "Spring")
-    assert merge_objects(first, third)["rpi_audience_outputs"] == {"add": ["A"]}
-    assert first["rpi_audience_outputs"] == third["rpi_audience_outputs"] == {"add": ["A"]}
-
-
-def test_repeated_array_values_map_alike_row_after_row(monkeypatch):
-    monkeypatch.setattr(mapping_module, "ARRAY_MEMO_ENTRIES", 2)  # most values are then never kept
-    plan = plan_columns(("", "", "external_id", "Output Name"), MappingSettings())
-    rows = [(str(line), "5719", f"u{line}", f"Output {line % 3}") for line in range(12)]
-    results = [map_row(plan, RawRow(2, values), "Offer", ChannelMode.UPSERT, "US") for values in rows]
-    arrays = [(result["rpi_contact_ids"], result["rpi_channel_exec_ids"], result["rpi_audience_outputs"])
-              for result in results]
-    assert arrays == [({"add": [str(line)]}, {"add": ["5719"]}, {"add": [f"Output {line % 3}"]})
-                      for line in range(12)]
 
 
 def test_a_too_long_array_value_is_rejected_on_every_row():
