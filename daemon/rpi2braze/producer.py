@@ -27,9 +27,8 @@ import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-from rpi2braze import __version__
+from rpi2braze import __version__, tuning
 from rpi2braze import log as logging_setup
-from rpi2braze import tuning
 from rpi2braze.batcher import build_batches
 from rpi2braze.errors import (
     BadFileError, ProductionFailed, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable,
