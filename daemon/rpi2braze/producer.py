@@ -9,10 +9,9 @@ do not win back.
 
 The child builds its own Source from the same SourceSettings (its own SFTP or FTP connection,
 with the same host-key and TLS checks). It reads one pickled `Job` from stdin and answers on
-stdout with length-prefixed pickled messages: ("header", header), ("batch", Batch) for every
-batch the state file has not acknowledged, then ("end",) or ("error", kind, message). Batches
-cross with their rows packed. If this process dies,
-the child's next write fails and it exits.
+stdout with the messages of wire.py: the header, every batch the state file has not
+acknowledged (rows packed), then the end or an error. If this process dies, the child's next
+write fails and it exits.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import contextlib
 import dataclasses
 import pickle
 import signal
-import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,15 +33,15 @@ from rpi2braze.errors import (
 )
 from rpi2braze.log import get_logger
 from rpi2braze.mapping import ColumnPlan, map_row, plan_columns
-from rpi2braze.model import Batch, ExportFolder, PackedRows, Rejection
+from rpi2braze.model import Batch, ExportFolder, Rejection, WorkflowKey
 from rpi2braze.reader import Table, open_data_stream, read_table
 from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources import build_source
 from rpi2braze.sources.base import Source
+from rpi2braze.wire import batch_message, batch_of, read_messages, write_message
 
 log = get_logger(__name__)
 
-_LENGTH = struct.Struct("!I")
 # Errors the child reports by kind, so this process raises the same class the in-process path would.
 _ERROR_KINDS: dict[str, type[Rpi2BrazeError]] = {
     "bad_file": BadFileError, "source_unavailable": SourceUnavailable, "source": SourceError}
@@ -95,18 +93,19 @@ def produce_in_child(job: Job) -> Iterator[Production]:
                 child.stdin.close()
             except BrokenPipeError:
                 raise ProductionFailed("the reading process ended before it took its job") from None
-            messages = _messages(child.stdout)
+            messages = read_messages(child.stdout)
             header = _expect(next(messages, None), "header")
-            yield header, _child_batches(messages)
+            yield header, _child_batches(messages, job.folder.key)
         finally:
             child.kill()
 
 
-def _child_batches(messages: Iterator[tuple]) -> Iterator[Batch]:
+def _child_batches(messages: Iterator[tuple], key: WorkflowKey) -> Iterator[Batch]:
     for message in messages:
         if message[0] == "end":
             return
-        yield _expect(message, "batch")
+        _expect(message, "batch")
+        yield batch_of(key, message)
     raise ProductionFailed("the reading process ended without finishing the folder")
 
 
@@ -119,16 +118,6 @@ def _expect(message: tuple | None, kind: str):
     if message[0] != kind:
         raise ProductionFailed(f"the reading process answered {message[0]!r} where {kind!r} was due")
     return message[1]
-
-
-def _messages(stream: BinaryIO) -> Iterator[tuple]:
-    """The child's messages until its output ends (a message cut short by its death is dropped)."""
-    while len(prefix := stream.read(_LENGTH.size)) == _LENGTH.size:
-        (length,) = _LENGTH.unpack(prefix)
-        data = stream.read(length)
-        if len(data) < length:
-            return
-        yield pickle.loads(data)
 
 
 def _open_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> list[tuple[Table, ColumnPlan]]:
@@ -163,11 +152,6 @@ def _error_kind(error: Exception) -> str:
     return "crash"
 
 
-def _write(stream: BinaryIO, message: tuple) -> None:
-    data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
-    stream.write(_LENGTH.pack(len(data)) + data)
-
-
 def _serve(job: Job, output: BinaryIO) -> None:
     try:
         if job.version != __version__:
@@ -175,17 +159,17 @@ def _serve(job: Job, output: BinaryIO) -> None:
                               "the folder waits for the daemon's restart")
         with contextlib.closing(build_source(_child_source_settings(job.source_settings))) as source:
             with produce(job, source) as (header, batches):
-                _write(output, ("header", header))
+                write_message(output, ("header", header))
                 for batch in batches:
-                    _write(output, ("batch", dataclasses.replace(batch, rows=PackedRows.pack(batch.rows))))
-        _write(output, ("end",))
+                    write_message(output, batch_message(batch))
+        write_message(output, ("end",))
     except BrokenPipeError:
         raise
     except Exception as error:   # reported to the parent, which decides what it means
         kind = _error_kind(error)
         if kind == "crash":
             log.exception("reading_process_failed", workflow_id=job.folder.key.workflow_id)
-        _write(output, ("error", kind, str(error) or type(error).__name__))
+        write_message(output, ("error", kind, str(error) or type(error).__name__))
 
 
 def runs_in_child(settings: SourceSettings) -> bool:
