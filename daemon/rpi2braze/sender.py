@@ -16,7 +16,6 @@ import queue
 import random
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -248,7 +247,8 @@ class SenderPool:
         While the sender's queue is full, `waiting()` is called every SUBMIT_POLL_SECONDS.
         """
         # offset by the workflow, so partition 0 of every folder does not queue on the same sender
-        target = self._queues[(zlib.crc32(repr(batch.key).encode()) + batch.partition) % self.threads]
+        # (hash() is salted per process, which is fine: routing only has to hold within this one)
+        target = self._queues[(hash(batch.key) + batch.partition) % self.threads]
         while True:
             if self._stop.is_set():
                 on_done(batch, Abandoned("stopping"))
