@@ -5,8 +5,14 @@ is delivered by one sender, so a later row for a user is never overtaken by an e
 Within a partition's open batch a second row for a user is merged into that user's object.
 Only the open batches are held: at most partitions x max_objects objects.
 
-Rejected rows travel with the next batch emitted (`Batch.rejected`), so every input row ends up
-in exactly one batch, in `rows` or in `rejected`, in the same place on every run.
+A batch's number depends only on its partition and its place among that partition's batches
+(`k * partitions + partition`), not on how partitions interleave: so the partitions of one file
+can be batched by several processes at once (producer.py) and still be numbered as one
+process would number them, which is what a restart relies on to skip acknowledged batches.
+
+Rejected rows travel with their partition's next batch (`Batch.rejected`): the partition of the
+user the row names, or, for a row that names none, line number modulo partitions. So every
+input row ends up in exactly one batch, in `rows` or in `rejected`, in the same place on every run.
 """
 
 from __future__ import annotations
@@ -22,17 +28,20 @@ from rpi2braze.model import Batch, RawRow, Rejection, WorkflowKey
 # sizes from these parts instead of encoding the whole batch again for every row.
 _BODY_ENVELOPE_BYTES = len(b'{"attributes":[]}')
 _ARRAY_OPERATIONS = frozenset({"add", "remove"})
+# A partition whose rows are all rejected emits its rejections at this count, not at the end.
+MAX_REJECTIONS_HELD = 1000
 
 
 def partition_of(external_id: str, partitions: int) -> int:
     """Given an external_id and a partition count, return its partition in [0, partitions).
 
-    Stable across processes and runs: CRC-32 of the UTF-8 bytes, because Python's str hash is
-    salted per process. Raise ValueError if partitions < 1.
+    Stable across processes and runs: CRC-32 of the UTF-8 bytes (lone surrogates, from
+    undecodable input, passed through), because Python's str hash is salted per process.
+    Raise ValueError if partitions < 1.
     """
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    return zlib.crc32(external_id.encode("utf-8")) % partitions
+    return zlib.crc32(external_id.encode("utf-8", "surrogatepass")) % partitions
 
 
 def merge_objects(earlier: dict, later: dict) -> dict:
@@ -88,12 +97,12 @@ def build_batches(
 ) -> Iterator[Batch]:
     """Given mapped rows and rejections in file order, return an iterator of batches.
 
-    A partition's open batch is emitted when a new user would make it exceed `max_objects`, or
-    when adding or merging an object would make its body exceed `max_bytes`; at the end the
-    remaining open batches follow in partition order. Batch numbers count 0, 1, 2, ... in
-    emission order. Rejections, including objects too big for any request, are attached to the
-    next batch emitted; if none follows, a last batch without objects carries them.
-    Raise ValueError at once if a limit cannot be met by any batch.
+    A partition's open batch is emitted when a new user would make it exceed `max_objects`, when
+    adding or merging an object would make its body exceed `max_bytes`, or when it holds
+    MAX_REJECTIONS_HELD rejections; at the end the remaining open batches follow in partition
+    order. The k-th batch (from 0) of partition p is number k * partitions + p. Rejections,
+    including objects too big for any request, are attached to their partition's next batch,
+    which may then carry no objects. Raise ValueError at once if a limit cannot be met by any batch.
     """
     if partitions < 1 or max_objects < 1:
         raise ValueError(f"partitions and max_objects must be >= 1, got {partitions}, {max_objects}")
@@ -103,11 +112,13 @@ def build_batches(
 
 
 def _batches(items: Iterable[tuple[RawRow, dict] | Rejection], batcher: _Batcher) -> Iterator[Batch]:
-    add, pending = batcher.add, batcher.pending  # bound once: this loop runs for every row
+    add, reject = batcher.add, batcher.reject  # bound once: this loop runs for every row
     for item in items:
         if isinstance(item, Rejection):
-            pending.append(item)
-        elif (emitted := add(*item)) is not None:
+            emitted = reject(item)
+        else:
+            emitted = add(*item)
+        if emitted is not None:
             yield emitted
     yield from batcher.finish()
 
@@ -120,7 +131,7 @@ class _OpenBatch:
     keeping every dict alive until its batch leaves (measured: ~15% less CPU per row with 128
     partitions open)."""
 
-    __slots__ = ("encoded", "first_rows", "later_rows", "positions", "size_bytes")
+    __slots__ = ("encoded", "first_rows", "later_rows", "positions", "size_bytes", "rejected")
 
     def __init__(self) -> None:
         self.encoded: list[bytes] = []
@@ -128,6 +139,7 @@ class _OpenBatch:
         self.later_rows: dict[int, list[RawRow]] = {}
         self.positions: dict[str, int] = {}  # external_id -> index in encoded
         self.size_bytes = _BODY_ENVELOPE_BYTES
+        self.rejected: list[Rejection] = []
 
     def replace(self, position: int, encoded: bytes, row: RawRow, size_bytes: int) -> None:
         self.encoded[position] = encoded
@@ -142,7 +154,7 @@ class _OpenBatch:
 
 
 class _Batcher:
-    """The state of one build_batches run: open batches, waiting rejections, the next number."""
+    """The state of one build_batches run: open batches and how many each partition emitted."""
 
     def __init__(self, key: WorkflowKey, partitions: int, max_objects: int, max_bytes: int):
         self.key = key
@@ -150,24 +162,23 @@ class _Batcher:
         self.max_objects = max_objects
         self.max_bytes = max_bytes
         self.open = [_OpenBatch() for _ in range(partitions)]
-        self.pending: list[Rejection] = []
-        self.next_number = 0
+        self.emitted = [0] * partitions
 
     def add(self, row: RawRow, attributes: dict) -> Batch | None:
         """Place one object; return the batch it forced out, if any."""
         # Written out in one function, partition_of included: it runs for every row.
         external_id = attributes.get("external_id")
         if not isinstance(external_id, str) or not external_id:
-            return self._reject(row, "attributes object has no external_id")
+            return self.reject(Rejection(row, "attributes object has no external_id"))
+        partition = zlib.crc32(external_id.encode("utf-8", "surrogatepass")) % self.partitions
         try:
             encoded = orjson.dumps(attributes)  # encoded once: the sender reuses it
         except orjson.JSONEncodeError as error:
-            return self._reject(row, f"attributes object cannot be encoded as JSON: {error}")
+            return self.reject(Rejection(row, f"attributes object cannot be encoded as JSON: {error}", partition))
         length = len(encoded)
         if _BODY_ENVELOPE_BYTES + length > self.max_bytes:
-            return self._reject(row, f"attributes object is {_BODY_ENVELOPE_BYTES + length} bytes, "
-                                     f"over the request limit of {self.max_bytes}")
-        partition = zlib.crc32(external_id.encode("utf-8")) % self.partitions
+            return self.reject(Rejection(row, f"attributes object is {_BODY_ENVELOPE_BYTES + length} bytes, "
+                                              f"over the request limit of {self.max_bytes}", partition))
         batch = self.open[partition]
         position = batch.positions.get(external_id)
         if position is not None and self._merged(batch, position, attributes, row):
@@ -198,29 +209,32 @@ class _Batcher:
         batch.replace(position, encoded, row, size_bytes)
         return True
 
-    def _reject(self, row: RawRow, reason: str) -> None:
-        self.pending.append(Rejection(row, reason))
+    def reject(self, rejection: Rejection) -> Batch | None:
+        """Hold a rejection for its partition's next batch; return that batch if it is now due."""
+        partition = rejection.partition
+        if partition is None:
+            partition = rejection.row.line % self.partitions
+        held = self.open[partition].rejected
+        held.append(rejection)
+        return self._emit(partition) if len(held) >= MAX_REJECTIONS_HELD else None
 
     def _emit(self, partition: int) -> Batch:
         batch = self.open[partition]
         emitted = Batch(
             key=self.key,
-            number=self.next_number,
+            number=self.emitted[partition] * self.partitions + partition,
             partition=partition,
             encoded=tuple(batch.encoded),
             rows=batch.rows(),
             size_bytes=batch.size_bytes,
-            rejected=tuple(self.pending),
+            rejected=tuple(batch.rejected),
         )
         self.open[partition] = _OpenBatch()
-        self.pending.clear()
-        self.next_number += 1
+        self.emitted[partition] += 1
         return emitted
 
     def finish(self) -> Iterator[Batch]:
-        """Emit the open batches in partition order, then any rejections still waiting."""
+        """Emit the open batches, with objects or only rejections, in partition order."""
         for partition in range(self.partitions):
-            if self.open[partition].encoded:
+            if self.open[partition].encoded or self.open[partition].rejected:
                 yield self._emit(partition)
-        if self.pending:
-            yield self._emit(0)  # partition 0 is empty here: a batch of rejections only

@@ -171,6 +171,15 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
     return result
 
 
+def row_external_id(plan: ColumnPlan, row: RawRow) -> str | None:
+    """The external_id map_row would read from `row`, without mapping it; None if it has none."""
+    values = row.values
+    layout = plan.exact if len(values) == plan.exact.width else plan.shifted
+    if layout is None or len(values) != layout.width:
+        return None
+    return values[layout.id_index].strip() or None
+
+
 def _remember(memo: dict, value: str, converted: object) -> object:
     """Keep a converted value for the next rows, up to MEMO_ENTRIES values per column."""
     if len(memo) < MEMO_ENTRIES:

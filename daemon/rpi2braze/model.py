@@ -79,10 +79,12 @@ class RawRow(NamedTuple):
 
 @dataclass(frozen=True)
 class Rejection:
-    """A row that will not reach Braze, and why."""
+    """A row that will not reach Braze, and why. `partition`: the batch partition of the user the
+    row names, if it names one (batcher.py); None puts it by line number."""
 
     row: RawRow
     reason: str
+    partition: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,16 @@
-"""Reading, mapping and batching one folder: in this process, or in a child process for a big one.
+"""Reading, mapping and batching one folder: in this process, or in child processes for a big one.
 
 Python runs one thread at a time. For a big export, reading and mapping rows costs several times
 what sending them does, and in one process the sender threads wait for the reading thread. So a
-folder of at least `parse_process_min_bytes` is read, mapped and batched by a child process
-(`python -m rpi2braze.producer`) with a core of its own, running the same `produce` as the
-in-process path; this process only sends. A child costs ~0.3 s to start, which small folders
-do not win back.
+folder of at least `parse_process_min_bytes` is read, mapped and batched by child processes
+(`python -m rpi2braze.producer`, started by children.py), each with a core, each running the same
+`produce` as the in-process path on its share of the partitions (`Job.shard`); this process only
+sends. A child costs ~0.3 s to start, which small folders do not win back.
 
-The child builds its own Source from the same SourceSettings (its own SFTP or FTP connection,
+A child builds its own Source from the same SourceSettings (its own SFTP or FTP connection,
 with the same host-key and TLS checks). It reads one pickled `Job` from stdin and answers on
-stdout with the messages of wire.py: the header, every batch the state file has not
-acknowledged (rows packed), then the end or an error. If this process dies, the child's next
+stdout with the messages of wire.py: the header, every batch of its share the state file has
+not acknowledged (rows packed), then the end or an error. If the daemon dies, the child's next
 write fails and it exits.
 """
 
@@ -20,30 +20,29 @@ import contextlib
 import dataclasses
 import pickle
 import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from rpi2braze import __version__, tuning
 from rpi2braze import log as logging_setup
-from rpi2braze.batcher import build_batches
+from rpi2braze.batcher import build_batches, partition_of
 from rpi2braze.errors import (
-    BadFileError, ProductionFailed, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable,
+    BadFileError, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable,
 )
 from rpi2braze.log import get_logger
-from rpi2braze.mapping import ColumnPlan, map_row, plan_columns
-from rpi2braze.model import Batch, ExportFolder, Rejection, WorkflowKey
+from rpi2braze.mapping import ColumnPlan, map_row, plan_columns, row_external_id
+from rpi2braze.model import Batch, ExportFolder, Rejection
 from rpi2braze.reader import Table, open_data_stream, read_table
 from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources import build_source
 from rpi2braze.sources.base import Source
-from rpi2braze.wire import batch_message, batch_of, read_messages, write_message
+from rpi2braze.wire import batch_message, write_message
 
 log = get_logger(__name__)
 
 # Errors the child reports by kind, so this process raises the same class the in-process path would.
-_ERROR_KINDS: dict[str, type[Rpi2BrazeError]] = {
+ERROR_KINDS: dict[str, type[Rpi2BrazeError]] = {
     "bad_file": BadFileError, "source_unavailable": SourceUnavailable, "source": SourceError}
 
 
@@ -61,6 +60,8 @@ class Job:
     log_level: str = "info"
     log_format: str = "json"
     version: str = __version__   # the daemon's: batch numbers must come from the same code
+    # (index, count): batch only partitions p with p % count == index (children.py)
+    shard: tuple[int, int] = (0, 1)
 
 
 Production = tuple[tuple[str, ...], Iterator[Batch]]   # the first file's header, the batches
@@ -76,48 +77,6 @@ def produce(job: Job, source: Source) -> Iterator[Production]:
         tables = _open_tables(stack, job, source)
         batches = build_batches(_items(tables, job), job.folder.key, job.partitions, job.max_objects, job.max_bytes)
         yield tables[0][0].header, (batch for batch in batches if batch.number not in job.acked)
-
-
-@contextlib.contextmanager
-def produce_in_child(job: Job) -> Iterator[Production]:
-    """`produce`, run by a child process; the same header, batches and exceptions.
-
-    Raise ProductionFailed if the child dies or fails in a way the in-process path has no class for.
-    Leaving the context stops the child, whether or not every batch was taken.
-    """
-    with subprocess.Popen([sys.executable, "-m", "rpi2braze.producer"],
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
-        try:
-            try:
-                child.stdin.write(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
-                child.stdin.close()
-            except BrokenPipeError:
-                raise ProductionFailed("the reading process ended before it took its job") from None
-            messages = read_messages(child.stdout)
-            header = _expect(next(messages, None), "header")
-            yield header, _child_batches(messages, job.folder.key)
-        finally:
-            child.kill()
-
-
-def _child_batches(messages: Iterator[tuple], key: WorkflowKey) -> Iterator[Batch]:
-    for message in messages:
-        if message[0] == "end":
-            return
-        _expect(message, "batch")
-        yield batch_of(key, message)
-    raise ProductionFailed("the reading process ended without finishing the folder")
-
-
-def _expect(message: tuple | None, kind: str):
-    if message is None:
-        raise ProductionFailed("the reading process ended before it answered")
-    if message[0] == "error":
-        _, error_kind, text = message
-        raise _ERROR_KINDS.get(error_kind, ProductionFailed)(text)
-    if message[0] != kind:
-        raise ProductionFailed(f"the reading process answered {message[0]!r} where {kind!r} was due")
-    return message[1]
 
 
 def _open_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> list[tuple[Table, ColumnPlan]]:
@@ -136,17 +95,30 @@ def _open_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> list[
 
 
 def _items(tables: list[tuple[Table, ColumnPlan]], job: Job) -> Iterator:
+    """Mapped rows and rejections in file order, of the rows in the job's share of partitions.
+    A rejection carries the partition of the user its row names, as the batcher would place it."""
     offer, mode, region = job.folder.key.offer, job.folder.mode, job.mapping.default_phone_region
+    index, count = job.shard
     for table, plan in tables:
         for row in table.rows:
+            partition = None
+            if count > 1 and (partition := _partition(plan, row, job.partitions)) % count != index:
+                continue
             try:
                 yield row, map_row(plan, row, offer, mode, region)
             except RowRejected as rejected:
-                yield Rejection(row, rejected.reason)
+                yield Rejection(row, rejected.reason, partition if partition is not None
+                                else _partition(plan, row, job.partitions))
+
+
+def _partition(plan: ColumnPlan, row, partitions: int) -> int:
+    """The row's user's partition, or, for a row that names no user, its line modulo partitions."""
+    external_id = row_external_id(plan, row)
+    return row.line % partitions if external_id is None else partition_of(external_id, partitions)
 
 
 def _error_kind(error: Exception) -> str:
-    for kind, error_class in _ERROR_KINDS.items():
+    for kind, error_class in ERROR_KINDS.items():
         if isinstance(error, error_class):
             return kind
     return "crash"

@@ -21,7 +21,8 @@ from rpi2braze.errors import BadFileError, PermanentDeliveryError, ProductionFai
 from rpi2braze.files import data_files
 from rpi2braze.log import get_logger
 from rpi2braze.model import Batch, DeliveryResult, ExportFolder, WorkflowStatus
-from rpi2braze.producer import Job, Production, produce, produce_in_child, runs_in_child
+from rpi2braze.children import processes_for, produce_in_children
+from rpi2braze.producer import Job, Production, produce, runs_in_child
 from rpi2braze.sender import SenderPool
 from rpi2braze.settings import Settings, SourceSettings
 from rpi2braze.sources.base import Source
@@ -33,8 +34,8 @@ log = get_logger(__name__)
 # this much data per partition (a dozen or more full batches) fewer, fuller requests are better.
 BYTES_PER_PARTITION = 256 * 1024
 # Each partition holds an open batch in memory. 64 streams at 50 ms a request carry 1,280
-# requests a second, more than one reading process produces (~300 measured); at 128 the reading
-# process needed ~40 MB and ~15% more CPU per row for no gain (bench/README.md).
+# requests a second, more than the reading processes of a 2-core machine produce; at 128 a
+# reading process needed ~40 MB and ~15% more CPU per row for no gain (bench/README.md).
 MAX_PARTITIONS = 64
 WAIT_POLL_SECONDS = 0.5
 
@@ -104,13 +105,13 @@ class FolderDelivery:
         return self._conclude()
 
     def _production(self, acked: frozenset[int]) -> ContextManager[Production]:
-        """The folder's batches, made in this process or, for a big folder, in a child process."""
+        """The folder's batches, made in this process or, for a big folder, in child processes."""
         settings = self._context.settings
         job = Job(self.folder, self._source_settings, settings.mapping, settings.braze.max_objects_per_request,
                   settings.braze.max_request_bytes, self._partitions, acked, settings.log_level, settings.log_format)
         big = sum(entry.size for entry in self.folder.data_files) >= settings.parse_process_min_bytes
         if big and runs_in_child(self._source_settings):
-            return produce_in_child(job)
+            return produce_in_children(job, processes_for(self._partitions))
         return produce(job, self._source)
 
     def _fingerprint(self) -> str:

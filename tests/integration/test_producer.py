@@ -11,10 +11,11 @@ import pytest
 
 from daemon_helpers import environment, local_source, status, wait_for, write_config
 from delivery_helpers import UPSERT, export_rows, write_export
+from rpi2braze.children import produce_in_children
 from rpi2braze.errors import BadFileError, ProductionFailed, SourceError, SourceUnavailable
 from rpi2braze.files import data_files
 from rpi2braze.model import ExportFolder, WorkflowKey
-from rpi2braze.producer import Job, produce, produce_in_child, runs_in_child
+from rpi2braze.producer import Job, produce, runs_in_child
 from rpi2braze.sandbox import Faults, SandboxServer
 from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources.local import LocalSource
@@ -45,25 +46,31 @@ def write_mixed_export(base: Path, workflow_id: str) -> None:
         export.write("c2,5719,c-bad,Bad,not-an-email,Out,2\n")
 
 
-def test_the_child_produces_the_batches_this_process_would(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_the_children_produce_the_batches_this_process_would(tmp_path, processes):
     write_mixed_export(tmp_path, "7001")
     job, source = job_for(tmp_path, "7001")
     with produce(job, source) as production:
-        here = produced(production)
-    with produce_in_child(job) as production:
-        child = produced(production)
-    assert child == here
-    assert len(here[1]) > job.partitions                      # several batches per partition
-    assert sum(len(batch[4]) for batch in here[1]) >= 1      # the rejected rows travelled too
+        header, here = produced(production)
+    with produce_in_children(job, processes) as production:
+        child_header, children = produced(production)
+    assert child_header == header
+    by_number = sorted(children, key=lambda batch: batch[0])   # several children: arrival order varies
+    assert by_number == sorted(here, key=lambda batch: batch[0])
+    if processes == 1:
+        assert children == here
+    assert len(here) > job.partitions                      # several batches per partition
+    assert sum(len(batch[4]) for batch in here) >= 2      # the rejected rows travelled too
 
 
-def test_acknowledged_batches_are_not_produced_again(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_acknowledged_batches_are_not_produced_again(tmp_path, processes):
     write_export(tmp_path, OFFER, "7002", export_rows("a", 1000))
     job, source = job_for(tmp_path, "7002", acked=frozenset({0, 2, 5}))
-    with produce_in_child(job) as (_, batches):
-        numbers = [batch.number for batch in batches]
+    with produce_in_children(job, processes) as (_, batches):
+        numbers = sorted(batch.number for batch in batches)
     with produce(job, source) as (_, batches):
-        assert [batch.number for batch in batches] == numbers
+        assert sorted(batch.number for batch in batches) == numbers
     assert numbers and not {0, 2, 5} & set(numbers) and 1 in numbers
 
 
@@ -76,7 +83,7 @@ def test_a_bad_file_raises_the_same_error_in_the_child(tmp_path):
         with produce(job, source):
             pass
     with pytest.raises(BadFileError) as child:
-        with produce_in_child(job):
+        with produce_in_children(job):
             pass
     assert str(child.value) == str(here.value)
     assert "external_id" in str(child.value)
@@ -87,7 +94,7 @@ def test_a_file_gone_before_reading_is_a_source_error_in_the_child(tmp_path):
     job, _ = job_for(tmp_path, "7004")
     (folder / "RPI_Export_7004.txt").unlink()
     with pytest.raises(SourceUnavailable, match="cannot open"):
-        with produce_in_child(job):
+        with produce_in_children(job):
             pass
 
 
@@ -115,18 +122,19 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_leaving_early_stops_the_child(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_leaving_early_stops_every_child(tmp_path, processes):
     write_export(tmp_path, OFFER, "7005", export_rows("e", 20_000))
     job, _ = job_for(tmp_path, "7005")
     before = children_of(os.getpid())
-    with produce_in_child(job) as (_, batches):
+    with produce_in_children(job, processes) as (_, batches):
         next(batches)
         started = children_of(os.getpid()) - before
-    assert len(started) == 1
-    assert not alive(started.pop())
+    assert len(started) == processes
+    assert not any(alive(pid) for pid in started)
 
 
-def test_the_child_exits_when_the_daemon_is_killed(tmp_path):
+def test_the_children_exit_when_the_daemon_is_killed(tmp_path):
     drop = tmp_path / "drop"
     write_export(drop, OFFER, "7006", export_rows("k", 30_000))
     # Slow answers: the sender falls behind, so the child is blocked writing when its parent dies.
@@ -138,10 +146,12 @@ def test_the_child_exits_when_the_daemon_is_killed(tmp_path):
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for(lambda: sandbox.requests, timeout=30, what="the first request")
-            (child,) = children_of(process.pid)
+            children = children_of(process.pid)
+            assert children      # one per core here, at most 4 (children.processes_for)
             process.send_signal(signal.SIGKILL)
             process.wait(10)
-            wait_for(lambda: not alive(child), timeout=15, what="the reading process to exit")
+            wait_for(lambda: not any(alive(child) for child in children), timeout=15,
+                     what="the reading processes to exit")
         finally:
             process.kill()
             process.wait(10)
@@ -149,17 +159,17 @@ def test_the_child_exits_when_the_daemon_is_killed(tmp_path):
     assert record["status"] == "in_progress" and 0 < record["rows_delivered"] < 30_000
 
 
-def test_a_child_killed_midway_is_a_production_failure_not_an_end(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_child_killed_midway_is_a_production_failure_not_an_end(tmp_path, processes):
     write_export(tmp_path, OFFER, "7007", export_rows("m", 30_000))
     job, _ = job_for(tmp_path, "7007")
     before = children_of(os.getpid())
     taken = 0
     with pytest.raises(ProductionFailed, match="ended without finishing"):
-        with produce_in_child(job) as (_, batches):
+        with produce_in_children(job, processes) as (_, batches):
             for _ in batches:
                 if taken == 0:
-                    (child,) = children_of(os.getpid()) - before
-                    os.kill(child, signal.SIGKILL)
+                    os.kill(min(children_of(os.getpid()) - before), signal.SIGKILL)
                 taken += 1
     assert 1 <= taken < 30_000 // 75
 
@@ -168,7 +178,7 @@ def test_the_child_ignores_sigterm_sent_to_its_group(tmp_path):
     write_export(tmp_path, OFFER, "7008", export_rows("t", 3_000))
     job, source = job_for(tmp_path, "7008")
     before = children_of(os.getpid())
-    with produce_in_child(job) as (_, batches):
+    with produce_in_children(job) as (_, batches):
         (child,) = children_of(os.getpid()) - before
         os.kill(child, signal.SIGTERM)   # systemd's stop reaches every process of the service
         numbers = [batch.number for batch in batches]
@@ -180,7 +190,7 @@ def test_a_child_of_another_version_refuses_the_job(tmp_path):
     write_export(tmp_path, OFFER, "7009", export_rows("v", 10))
     job, _ = job_for(tmp_path, "7009")
     with pytest.raises(SourceError, match="0.0.0-older is running"):
-        with produce_in_child(dataclasses.replace(job, version="0.0.0-older")):
+        with produce_in_children(dataclasses.replace(job, version="0.0.0-older")):
             pass
 
 

@@ -152,12 +152,35 @@ def test_rejections_ride_on_the_next_batch():
     assert [batch.rejected for batch in batches] == [(early,), (late,)]
 
 
-def test_rejections_only_make_one_empty_batch():
-    rejections = [Rejection(RawRow(line, ()), "ragged row") for line in (2, 3)]
-    [batch] = batches_of(rejections, partitions=4)
-    assert (batch.number, batch.partition, batch.objects, batch.rows) == (0, 0, (), ())
-    assert batch.rejected == tuple(rejections)
-    assert batch.size_bytes == len(encode_body(batch.objects))
+def test_rejections_only_make_batches_without_objects():
+    rejections = [Rejection(RawRow(line, ()), "ragged row") for line in (2, 3, 6)]
+    batches = batches_of(rejections, partitions=4)   # a row that names no user goes by line % 4
+    assert [(batch.number, batch.partition, batch.objects, batch.rows) for batch in batches] == [
+        (2, 2, (), ()), (3, 3, (), ())]
+    assert [batch.rejected for batch in batches] == [(rejections[0], rejections[2]), (rejections[1],)]
+    assert all(batch.size_bytes == len(encode_body(())) for batch in batches)
+
+
+def test_a_rejection_naming_a_user_rides_with_that_users_partition():
+    rejected = Rejection(RawRow(2, ("u7",)), "bad email", partition_of("u7", 4))
+    items = [rejected, *rows_for([user("u7")], first_line=3)]
+    batches = batches_of(items, partitions=4)
+    assert [(batch.partition, batch.rejected, len(batch.objects)) for batch in batches] == [
+        (partition_of("u7", 4), (rejected,), 1)]
+
+
+def test_a_partition_of_rejections_only_emits_them_before_the_end(monkeypatch):
+    monkeypatch.setattr("rpi2braze.batcher.MAX_REJECTIONS_HELD", 3)
+    consumed = []
+
+    def stream():
+        for line in range(2, 1_002):
+            consumed.append(line)
+            yield Rejection(RawRow(line, ()), "ragged row")
+
+    first = next(build_batches(stream(), KEY, 1, 75, LIMIT))
+    assert [rejection.row.line for rejection in first.rejected] == [2, 3, 4]
+    assert len(consumed) == 3       # held rejections are bounded, not the whole file
 
 
 def test_no_input_no_batches():
@@ -243,7 +266,7 @@ def test_every_row_exactly_once(partitions):
     seen_lines += [rejection.row.line for batch in batches for rejection in batch.rejected]
     assert sorted(seen_lines) == expected_lines
 
-    assert [batch.number for batch in batches] == list(range(len(batches)))
+    assert_numbered_by_partition(batches, partitions)
     assert any(len(batch.objects) < max_objects for batch in batches[:-partitions])  # bytes did split
     assert any(len(rows) > 1 for batch in batches for rows in batch.rows)  # users were merged
     reasons = [rejection.reason for batch in batches for rejection in batch.rejected]
@@ -268,6 +291,32 @@ def test_every_row_exactly_once(partitions):
         for obj, rows in zip(batch.objects, batch.rows):
             lines_by_user.setdefault(obj["external_id"], []).extend(row.line for row in rows)
     assert all(lines == sorted(lines) for lines in lines_by_user.values())
+
+
+def assert_numbered_by_partition(batches, partitions):
+    """The k-th batch of partition p is number k * partitions + p."""
+    emitted = [0] * partitions
+    for batch in batches:
+        assert batch.number == emitted[batch.partition] * partitions + batch.partition
+        emitted[batch.partition] += 1
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_batching_a_share_of_the_partitions_gives_the_same_batches(shards):
+    """What lets several processes batch one file: each takes the rows of its partitions (and
+    the rejections placed there) and makes exactly the batches the whole run makes for them."""
+    partitions = 6
+    items = random_items(seed=7)
+    whole = batches_of(items, partitions, 10, 3_000)
+
+    def partition(item):
+        if isinstance(item, Rejection):
+            return item.row.line % partitions
+        return partition_of(item[1]["external_id"], partitions)
+
+    for shard in range(shards):
+        share = batches_of([item for item in items if partition(item) % shards == shard], partitions, 10, 3_000)
+        assert share == [batch for batch in whole if batch.partition % shards == shard]
 
 
 def test_same_input_same_batches():

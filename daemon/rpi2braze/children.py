@@ -1,0 +1,135 @@
+"""A big folder's batches made by several reading processes at once, as one stream (producer.py).
+
+One reading process spends a core on each row (reading, mapping, batching) and was the limit of
+the whole pipeline. Each of `processes` children reads every row of the folder, but maps and
+batches only the rows of its share of the partitions (partition p with p % processes == its
+index). Batch numbers do not depend on which process made a batch (batcher.py), so the merged
+stream is numbered as one process would number it, whatever order the batches arrive in.
+
+A thread per child reads its messages into one bounded queue: when the senders fall behind,
+the queue fills, the pipes fill, and the children wait, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+from typing import BinaryIO, Iterator
+
+from rpi2braze.errors import ProductionFailed
+from rpi2braze.model import Batch, WorkflowKey
+from rpi2braze.producer import ERROR_KINDS, Job, Production
+from rpi2braze.wire import batch_of, read_messages
+
+# Every process reads and parses the whole file, so more than a few only burn CPU: the senders
+# and Braze's ceiling limit a folder long before four reading processes do.
+MAX_PROCESSES = 4
+_QUEUED_PER_PROCESS = 2
+_PUT_POLL_SECONDS = 0.2
+_ENDED = ("ended",)   # a child's output closed (or could no longer be read)
+
+
+def processes_for(partitions: int) -> int:
+    """How many reading processes share a folder of `partitions` partitions on this machine: one
+    per core but the sending process's, since every one parses the whole file (on 2 cores a
+    second one cost 25% more CPU per row and 36 MB for no gain in rows/s; bench/README.md)."""
+    return max(1, min(MAX_PROCESSES, (os.cpu_count() or 1) - 1, partitions))
+
+
+@contextlib.contextmanager
+def produce_in_children(job: Job, processes: int = 1) -> Iterator[Production]:
+    """`produce`, shared among `processes` child processes; the same header, batches (in another
+    order) and exceptions. Raise ProductionFailed if a child dies or fails in a way the
+    in-process path has no class for. Leaving the context stops every child."""
+    with contextlib.ExitStack() as stack:
+        outputs = [stack.enter_context(_child(dataclasses.replace(job, shard=(index, processes))))
+                   for index in range(processes)]
+        streams = [read_messages(output) for output in outputs]
+        headers = [_expect(next(stream, None), "header") for stream in streams]
+        merged = _Merge(streams, job.folder.key)
+        stack.callback(merged.close)
+        yield headers[0], merged.batches()
+
+
+@contextlib.contextmanager
+def _child(job: Job) -> Iterator[BinaryIO]:
+    """A reading process working on `job`; its output. Leaving the context kills it."""
+    with subprocess.Popen([sys.executable, "-m", "rpi2braze.producer"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
+        try:
+            try:
+                child.stdin.write(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
+                child.stdin.close()
+            except BrokenPipeError:
+                raise ProductionFailed("the reading process ended before it took its job") from None
+            yield child.stdout
+        finally:
+            child.kill()
+
+
+class _Merge:
+    """The batches of several children's message streams, as they arrive."""
+
+    def __init__(self, streams: list[Iterator[tuple]], key: WorkflowKey):
+        self._key = key
+        self._count = len(streams)
+        self._queue: queue.Queue = queue.Queue(_QUEUED_PER_PROCESS * len(streams))
+        self._closed = threading.Event()
+        for index, stream in enumerate(streams):
+            threading.Thread(target=self._pump, args=(index, stream), name=f"reading-{index}", daemon=True).start()
+
+    def batches(self) -> Iterator[Batch]:
+        finished: set[int] = set()
+        while len(finished) < self._count:
+            index, message = self._queue.get()
+            if message[0] == "end":
+                finished.add(index)
+            elif message is _ENDED:
+                if index not in finished:
+                    raise ProductionFailed("a reading process ended without finishing the folder")
+            else:
+                _expect(message, "batch")
+                yield batch_of(self._key, message)
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def _pump(self, index: int, stream: Iterator[tuple]) -> None:
+        for message in _then_ended(stream):
+            if not self._put((index, message)) or message is _ENDED:
+                return
+
+    def _put(self, item: tuple) -> bool:
+        """Queue `item` once there is room; False if the merge was closed first."""
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=_PUT_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+
+def _then_ended(stream: Iterator[tuple]) -> Iterator[tuple]:
+    """The stream's messages, then _ENDED; a pipe that breaks or garbles (a killed child) ends it too."""
+    with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+        yield from stream
+    yield _ENDED
+
+
+def _expect(message: tuple | None, kind: str):
+    """The message's payload if it is of `kind`; raise what an "error" message or a dead child means."""
+    if message is None:
+        raise ProductionFailed("the reading process ended before it answered")
+    if message[0] == "error":
+        _, error_kind, text = message
+        raise ERROR_KINDS.get(error_kind, ProductionFailed)(text)
+    if message[0] != kind:
+        raise ProductionFailed(f"the reading process answered {message[0]!r} where {kind!r} was due")
+    return message[1]
