@@ -20,6 +20,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from typing import BinaryIO, Iterator
 
 from rpi2braze.errors import ProductionFailed
@@ -32,6 +33,7 @@ from rpi2braze.wire import batch_of, read_messages
 MAX_PROCESSES = 4
 _QUEUED_PER_PROCESS = 2
 _PUT_POLL_SECONDS = 0.2
+_JOIN_SECONDS = 5.0
 _ENDED = ("ended",)   # a child's output closed (or could no longer be read)
 
 
@@ -46,15 +48,20 @@ def processes_for(partitions: int) -> int:
 def produce_in_children(job: Job, processes: int = 1) -> Iterator[Production]:
     """`produce`, shared among `processes` child processes; the same header, batches (in another
     order) and exceptions. Raise ProductionFailed if a child dies or fails in a way the
-    in-process path has no class for. Leaving the context stops every child."""
-    with contextlib.ExitStack() as stack:
-        outputs = [stack.enter_context(_child(dataclasses.replace(job, shard=(index, processes))))
-                   for index in range(processes)]
-        streams = [read_messages(output) for output in outputs]
-        headers = [_expect(next(stream, None), "header") for stream in streams]
-        merged = _Merge(streams, job.folder.key)
-        stack.callback(merged.close)
-        yield headers[0], merged.batches()
+    in-process path has no class for. Leaving the context stops every child and its thread."""
+    merged = None
+    try:
+        with contextlib.ExitStack() as stack:
+            outputs = [stack.enter_context(_child(dataclasses.replace(job, shard=(index, processes))))
+                       for index in range(processes)]
+            streams = [read_messages(output) for output in outputs]
+            headers = [_expect(next(stream, None), "header") for stream in streams]
+            merged = _Merge(streams, job.folder.key)
+            stack.callback(merged.close)
+            yield headers[0], merged.batches()
+    finally:   # the children are dead now: their threads read the end of the pipes and return
+        if merged is not None:
+            merged.join(_JOIN_SECONDS)
 
 
 @contextlib.contextmanager
@@ -81,8 +88,10 @@ class _Merge:
         self._count = len(streams)
         self._queue: queue.Queue = queue.Queue(_QUEUED_PER_PROCESS * len(streams))
         self._closed = threading.Event()
-        for index, stream in enumerate(streams):
-            threading.Thread(target=self._pump, args=(index, stream), name=f"reading-{index}", daemon=True).start()
+        self._threads = [threading.Thread(target=self._pump, args=(index, stream), name=f"reading-{index}",
+                                          daemon=True) for index, stream in enumerate(streams)]
+        for thread in self._threads:
+            thread.start()
 
     def batches(self) -> Iterator[Batch]:
         finished: set[int] = set()
@@ -98,7 +107,13 @@ class _Merge:
                 yield batch_of(self._key, message)
 
     def close(self) -> None:
+        """Stop queueing: each thread returns at its next message or the end of its pipe."""
         self._closed.set()
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _pump(self, index: int, stream: Iterator[tuple]) -> None:
         for message in _then_ended(stream):

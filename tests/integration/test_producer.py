@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,7 @@ def test_leaving_early_stops_every_child(tmp_path, processes):
         started = children_of(os.getpid()) - before
     assert len(started) == processes
     assert not any(alive(pid) for pid in started)
+    assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("reading-")]
 
 
 def test_the_children_exit_when_the_daemon_is_killed(tmp_path):
