@@ -3,11 +3,12 @@
 Every row of one external_id lands in the same partition (a stable hash), and each partition
 is delivered by one sender, so a later row for a user is never overtaken by an earlier one.
 Within a partition's open batch a second row for a user is merged into that user's object.
-Only the open batches are held: at most partitions x max_objects objects.
+Only the open batches are held: at most partitions x max_objects objects, and partitions x
+MAX_REJECTIONS_HELD rejections.
 
 A batch's number depends only on its partition and its place among that partition's batches
 (`k * partitions + partition`), not on how partitions interleave: so the partitions of one file
-can be batched by several processes at once (producer.py) and still be numbered as one
+can be batched by several processes at once (children.py) and still be numbered as one
 process would number them, which is what a restart relies on to skip acknowledged batches.
 
 Rejected rows travel with their partition's next batch (`Batch.rejected`): the partition of the
@@ -28,7 +29,8 @@ from rpi2braze.model import Batch, RawRow, Rejection, WorkflowKey
 # sizes from these parts instead of encoding the whole batch again for every row.
 _BODY_ENVELOPE_BYTES = len(b'{"attributes":[]}')
 _ARRAY_OPERATIONS = frozenset({"add", "remove"})
-# A partition whose rows are all rejected emits its rejections at this count, not at the end.
+# A partition holding this many rejections emits its open batch with them, full or not: a file of
+# bad rows is not held whole until its end.
 MAX_REJECTIONS_HELD = 1000
 
 

@@ -24,6 +24,7 @@ import time
 from typing import BinaryIO, Iterator
 
 from rpi2braze.errors import ProductionFailed
+from rpi2braze.log import get_logger
 from rpi2braze.model import Batch, WorkflowKey
 from rpi2braze.producer import ERROR_KINDS, Job, Production
 from rpi2braze.wire import batch_of, read_messages
@@ -35,6 +36,8 @@ _QUEUED_PER_PROCESS = 2
 _PUT_POLL_SECONDS = 0.2
 _JOIN_SECONDS = 5.0
 _ENDED = ("ended",)   # a child's output closed (or could no longer be read)
+
+log = get_logger(__name__)
 
 
 def processes_for(partitions: int) -> int:
@@ -48,14 +51,17 @@ def processes_for(partitions: int) -> int:
 def produce_in_children(job: Job, processes: int = 1) -> Iterator[Production]:
     """`produce`, shared among `processes` child processes; the same header, batches (in another
     order) and exceptions. Raise ProductionFailed if a child dies or fails in a way the
-    in-process path has no class for. Leaving the context stops every child and its thread."""
+    in-process path has no class for. Leaving the context stops every child and its thread.
+    Raise ValueError if processes < 1."""
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
     merged = None
     try:
         with contextlib.ExitStack() as stack:
             outputs = [stack.enter_context(_child(dataclasses.replace(job, shard=(index, processes))))
                        for index in range(processes)]
-            streams = [read_messages(output) for output in outputs]
-            headers = [_expect(next(stream, None), "header") for stream in streams]
+            streams = [_then_ended(read_messages(output)) for output in outputs]
+            headers = [_expect(next(stream), "header") for stream in streams]
             merged = _Merge(streams, job.folder.key)
             stack.callback(merged.close)
             yield headers[0], merged.batches()
@@ -116,7 +122,7 @@ class _Merge:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _pump(self, index: int, stream: Iterator[tuple]) -> None:
-        for message in _then_ended(stream):
+        for message in stream:   # it ends with _ENDED, whatever happens to the pipe
             if not self._put((index, message)) or message is _ENDED:
                 return
 
@@ -132,15 +138,18 @@ class _Merge:
 
 
 def _then_ended(stream: Iterator[tuple]) -> Iterator[tuple]:
-    """The stream's messages, then _ENDED; a pipe that breaks or garbles (a killed child) ends it too."""
-    with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+    """The stream's messages, then _ENDED. A pipe that breaks or garbles (a killed child) ends
+    it too: the merge then reports that child as ended without finishing, never waits forever."""
+    try:
         yield from stream
+    except Exception as error:
+        log.warning("reading_process_output_unreadable", error=f"{type(error).__name__}: {error}")
     yield _ENDED
 
 
-def _expect(message: tuple | None, kind: str):
+def _expect(message: tuple, kind: str):
     """The message's payload if it is of `kind`; raise what an "error" message or a dead child means."""
-    if message is None:
+    if message is _ENDED:
         raise ProductionFailed("the reading process ended before it answered")
     if message[0] == "error":
         _, error_kind, text = message

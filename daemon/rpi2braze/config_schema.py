@@ -134,7 +134,7 @@ CONFIG = Section({
     "mapping": MAPPING,
     "workers": integer("workflow folders delivered at once", 1, 64),
     "parse_process_min_bytes": integer(
-        "folders of at least this many bytes are read and mapped in a child process, leaving this "
+        "folders of at least this many bytes are read and mapped in child processes, leaving this "
         f"one's core to sending (default {settings.DEFAULT_PARSE_PROCESS_MIN_BYTES}; 0: every folder)", 0),
     "log": Section({
         "level": text("log level", ("debug", "info", "warning", "error", "critical")),

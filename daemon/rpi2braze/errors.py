@@ -7,7 +7,7 @@
     ├── RowRejected                one row cannot be delivered; dead-letter it, deliver the rest
     ├── SourceError                a source (local folder, SFTP, FTP) failed
     │   └── SourceUnavailable      ... and may come back: retry later, never crash
-    ├── ProductionFailed           the child process reading a big folder died or broke: read it again later
+    ├── ProductionFailed           a child process reading a big folder died or broke: read it again later
     └── DeliveryError              a request to Braze failed
         ├── RetryableDeliveryError      429, 5xx, 408, timeouts, dropped connections: back off, retry
         ├── SplittableDeliveryError     400/413 for a whole batch: split it and resend the halves
@@ -58,7 +58,7 @@ class SourceUnavailable(SourceError):
 
 
 class ProductionFailed(Rpi2BrazeError):
-    """The child process reading a folder (producer.py) died, was killed or failed unexpectedly."""
+    """A child process reading a folder (producer.py, children.py) died, was killed or failed unexpectedly."""
 
 
 class DeliveryError(Rpi2BrazeError):

@@ -96,8 +96,8 @@ class Batch:
     `number` is deterministic for a given file and partition count, so a restart can skip
     batches the state file says were acknowledged.
     `rejected` holds rows refused before sending (by the mapper or the batcher), attached to the
-    next batch emitted so they are recorded with it; a batch may carry only rejections.
-    A batch made by a child process (producer.py, wire.py) crosses with its `rows` as PackedRows,
+    next batch of their partition so they are recorded with it; a batch may carry only rejections.
+    A batch made by a child process (children.py, wire.py) crosses with its `rows` as PackedRows,
     decoded only if some are rejected.
     """
 

@@ -105,10 +105,15 @@ def _items(tables: list[tuple[Table, ColumnPlan]], job: Job) -> Iterator:
             if count > 1 and (partition := _partition(plan, row, job.partitions)) % count != index:
                 continue
             try:
-                yield row, map_row(plan, row, offer, mode, region)
+                attributes = map_row(plan, row, offer, mode, region)
             except RowRejected as rejected:
                 yield Rejection(row, rejected.reason, partition if partition is not None
                                 else _partition(plan, row, job.partitions))
+                continue
+            if partition is not None and partition_of(attributes["external_id"], job.partitions) != partition:
+                # the batcher would place it in another process's partition: two batches, one number
+                raise RuntimeError(f"line {row.line}: map_row changed the external_id the partition came from")
+            yield row, attributes
 
 
 def _partition(plan: ColumnPlan, row, partitions: int) -> int:

@@ -20,7 +20,7 @@ DEFAULT_MAX_OBJECTS = 75               # Braze: 75 objects combined per request
 DEFAULT_MAX_REQUEST_BYTES = 4_000_000  # Braze: 4 MB payload
 DEFAULT_SETTLE_SECONDS = 30.0
 DEFAULT_SCAN_INTERVAL_SECONDS = 10.0
-# Folders this big are read and mapped in a child process (producer.py); ~80,000 rows of a typical export.
+# Folders this big are read and mapped in child processes (children.py); ~80,000 rows of a typical export.
 DEFAULT_PARSE_PROCESS_MIN_BYTES = 16_000_000
 DEFAULT_DATA_FILES = ("RPI_Export_*.txt", "RPI_Export_*.csv", "RPI_Export_*.txt.gz", "RPI_Export_*.csv.gz")
 DEFAULT_PHONE_REGION = "US"
@@ -117,6 +117,6 @@ class Settings:
     mapping: MappingSettings = MappingSettings()
     http: HttpSettings | None = None
     workers: int = 2                            # folders delivered at once
-    parse_process_min_bytes: int = DEFAULT_PARSE_PROCESS_MIN_BYTES   # 0: every folder in a child process
+    parse_process_min_bytes: int = DEFAULT_PARSE_PROCESS_MIN_BYTES   # 0: every folder in child processes
     log_level: str = "info"
     log_format: str = "json"                    # json | console

@@ -131,9 +131,9 @@ class StateStore:
         """Mark `key` IN_PROGRESS; return (its partition count, the batch numbers already acknowledged).
 
         The first call stores `partitions` and `fingerprint`; a resumed workflow gets the stored count
-        back so its batch numbers come out the same. If the stored fingerprint differs (the files or the
-        batching settings changed since), acknowledged batches no longer name the same rows: they are
-        forgotten and the workflow starts again from batch 0. Raise StateError if `key` is unknown or
+        back so its batch numbers come out the same. If the stored fingerprint differs (the files, the
+        batching settings or the version changed since, or none was stored), acknowledged batches may
+        no longer name the same rows: they are forgotten and the workflow starts again from batch 0. Raise StateError if `key` is unknown or
         finished (requeue it first), or if `partitions` < 1.
         """
         with self._transaction(write=True) as connection:
@@ -141,7 +141,10 @@ class StateStore:
             if status in FINAL_STATUSES:
                 raise StateError(f"workflow {key.relpath} of source {key.source} is {status}; requeue it first")
             (stored_fingerprint,) = connection.execute(SELECT_FINGERPRINT, (workflow,)).fetchone()
-            if fingerprint and stored_fingerprint and stored_fingerprint != fingerprint:
+            # No stored fingerprint but acknowledged batches: begun by a version that stored none,
+            # whose batch numbers may mean other rows (0.2.0 numbers them by partition).
+            if fingerprint and stored_fingerprint != fingerprint and (
+                    stored_fingerprint or connection.execute(SELECT_ACKED, (workflow,)).fetchone() is not None):
                 log.warning("workflow_restarted", workflow_id=key.workflow_id, source=key.source,
                             reason="its files or batching settings changed since delivery began")
                 connection.execute(DELETE_BATCHES, (workflow,))

@@ -1,4 +1,4 @@
-"""Interpreter settings for a process that handles millions of rows: the daemon and its reading child."""
+"""Interpreter settings for a process that handles millions of rows: the daemon and its reading children."""
 
 from __future__ import annotations
 

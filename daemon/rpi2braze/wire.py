@@ -1,4 +1,4 @@
-"""The messages the reading child (producer.py) sends the daemon, and how they cross the pipe.
+"""The messages a reading child (producer.py) sends the daemon (children.py), and how they cross the pipe.
 
 Each message is a 4-byte length, then a tuple of plain values (str, bytes, int, None and tuples
 of these) in `marshal` format:

@@ -22,6 +22,7 @@ from rpi2braze.files import data_files
 from rpi2braze.log import get_logger
 from rpi2braze.model import Batch, DeliveryResult, ExportFolder, WorkflowStatus
 from rpi2braze.children import processes_for, produce_in_children
+from rpi2braze.config_schema import LOCAL_TYPES
 from rpi2braze.producer import Job, Production, produce, runs_in_child
 from rpi2braze.sender import SenderPool
 from rpi2braze.settings import Settings, SourceSettings
@@ -111,7 +112,10 @@ class FolderDelivery:
                   settings.braze.max_request_bytes, self._partitions, acked, settings.log_level, settings.log_format)
         big = sum(entry.size for entry in self.folder.data_files) >= settings.parse_process_min_bytes
         if big and runs_in_child(self._source_settings):
-            return produce_in_children(job, processes_for(self._partitions))
+            # Each reading process opens its own connection and reads the whole file: a remote
+            # share gets one, so it sees no more sessions or traffic than before.
+            local = self._source_settings.type in LOCAL_TYPES
+            return produce_in_children(job, processes_for(self._partitions) if local else 1)
         return produce(job, self._source)
 
     def _fingerprint(self) -> str:

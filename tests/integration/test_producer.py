@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon_helpers import environment, local_source, status, wait_for, write_config
-from delivery_helpers import UPSERT, export_rows, write_export
+from delivery_helpers import HEADER, UPSERT, export_rows, write_export
 from rpi2braze.children import produce_in_children
 from rpi2braze.errors import BadFileError, ProductionFailed, SourceError, SourceUnavailable
 from rpi2braze.files import data_files
@@ -62,6 +62,31 @@ def test_the_children_produce_the_batches_this_process_would(tmp_path, processes
         assert children == here
     assert len(here) > job.partitions                      # several batches per partition
     assert sum(len(batch[4]) for batch in here) >= 2      # the rejected rows travelled too
+
+
+@pytest.mark.parametrize("shares", [2, 3, 4])
+def test_shares_of_the_partitions_together_make_the_whole_folder(tmp_path, monkeypatch, shares):
+    """What the reading processes rely on, in this process: each share's batches are exactly the
+    whole run's batches of its partitions, rejections included, whatever kind of row they come from."""
+    monkeypatch.setattr("rpi2braze.batcher.MAX_REJECTIONS_HELD", 3)
+    folder = write_export(tmp_path, OFFER, "7010", export_rows("s", 300, repeats=2))
+    with open(folder / "RPI_Export_7010.txt", "a", encoding="utf-8") as export:
+        for number in range(40):
+            export.write(f"r{number},5719,,NoId,noid@example.com,Out,1\n")             # no external_id
+            export.write(f"b{number},5719,s-{number:06d},Bad,not-an-email,Out,2\n")     # names a user
+            export.write(f"g{number},5719,ragged\n")                                     # fits no layout
+    (folder / "RPI_Export_7010_2.txt").write_text(HEADER + "".join(row.line() for row in export_rows("t", 200)))
+    job, source = job_for(tmp_path, "7010", partitions=6)
+    with produce(job, source) as production:
+        _, whole = produced(production)
+    shared = []
+    for index in range(shares):
+        with produce(dataclasses.replace(job, shard=(index, shares)), source) as production:
+            _, batches = produced(production)
+        assert {batch[1] % shares for batch in batches} <= {index}
+        shared += batches
+    assert sorted(shared, key=lambda batch: batch[0]) == sorted(whole, key=lambda batch: batch[0])
+    assert sum(len(batch[4]) for batch in whole) == 120      # every rejected row, in one batch each
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -186,6 +211,13 @@ def test_the_child_ignores_sigterm_sent_to_its_group(tmp_path):
         numbers = [batch.number for batch in batches]
     with produce(job, source) as (_, batches):
         assert numbers == [batch.number for batch in batches]
+
+
+def test_no_process_at_all_is_refused(tmp_path):
+    job, _ = job_for(tmp_path, "7011")
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        with produce_in_children(job, 0):
+            pass
 
 
 def test_a_child_of_another_version_refuses_the_job(tmp_path):

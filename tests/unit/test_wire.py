@@ -56,3 +56,9 @@ def test_a_message_cut_short_is_dropped(cut):
     write_message(stream, ("end",))
     data = stream.getvalue()
     assert list(read_messages(io.BytesIO(data[:-cut]))) == [("header", ("id",))]
+
+
+def test_a_batch_of_rejections_only_crosses():
+    batch = crossed(Batch(KEY, 11, 5, (), (), 17, REJECTED))
+    assert (batch.number, batch.encoded, tuple(batch.rows), batch.row_count) == (11, (), (), 0)
+    assert batch.rejected == REJECTED
