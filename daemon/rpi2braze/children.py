@@ -33,7 +33,7 @@ from rpi2braze.wire import batch_of, read_messages
 # and Braze's ceiling limit a folder long before four reading processes do.
 MAX_PROCESSES = 4
 _QUEUED_PER_PROCESS = 2
-_PUT_POLL_SECONDS = 0.2
+_POLL_SECONDS = 0.2
 _JOIN_SECONDS = 5.0
 _ENDED = ("ended",)   # a child's output closed (or could no longer be read)
 
@@ -48,10 +48,11 @@ def processes_for(partitions: int) -> int:
 
 
 @contextlib.contextmanager
-def produce_in_children(job: Job, processes: int = 1) -> Iterator[Production]:
+def produce_in_children(job: Job, processes: int = 1, stop: threading.Event | None = None) -> Iterator[Production]:
     """`produce`, shared among `processes` child processes; the same header, batches (in another
     order) and exceptions. Raise ProductionFailed if a child dies or fails in a way the
-    in-process path has no class for. Leaving the context stops every child and its thread.
+    in-process path has no class for, or if `stop` is set while no batch is ready (a stalled
+    read must not hold up a warm stop). Leaving the context stops every child and its thread.
     Raise ValueError if processes < 1."""
     if processes < 1:
         raise ValueError(f"processes must be >= 1, got {processes}")
@@ -62,7 +63,7 @@ def produce_in_children(job: Job, processes: int = 1) -> Iterator[Production]:
                        for index in range(processes)]
             streams = [_then_ended(read_messages(output)) for output in outputs]
             headers = [_expect(next(stream), "header") for stream in streams]
-            merged = _Merge(streams, job.folder.key)
+            merged = _Merge(streams, job.folder.key, stop)
             stack.callback(merged.close)
             yield headers[0], merged.batches()
     finally:   # the children are dead now: their threads read the end of the pipes and return
@@ -89,8 +90,9 @@ def _child(job: Job) -> Iterator[BinaryIO]:
 class _Merge:
     """The batches of several children's message streams, as they arrive."""
 
-    def __init__(self, streams: list[Iterator[tuple]], key: WorkflowKey):
+    def __init__(self, streams: list[Iterator[tuple]], key: WorkflowKey, stop: threading.Event | None):
         self._key = key
+        self._stop = stop
         self._count = len(streams)
         self._queue: queue.Queue = queue.Queue(_QUEUED_PER_PROCESS * len(streams))
         self._closed = threading.Event()
@@ -102,7 +104,12 @@ class _Merge:
     def batches(self) -> Iterator[Batch]:
         finished: set[int] = set()
         while len(finished) < self._count:
-            index, message = self._queue.get()
+            try:
+                index, message = self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if self._stop is not None and self._stop.is_set():
+                    raise ProductionFailed("stopped while the reading processes were still reading") from None
+                continue
             if message[0] == "end":
                 finished.add(index)
             elif message is _ENDED:
@@ -130,7 +137,7 @@ class _Merge:
         """Queue `item` once there is room; False if the merge was closed first."""
         while not self._closed.is_set():
             try:
-                self._queue.put(item, timeout=_PUT_POLL_SECONDS)
+                self._queue.put(item, timeout=_POLL_SECONDS)
                 return True
             except queue.Full:
                 continue

@@ -115,7 +115,7 @@ class FolderDelivery:
             # Each reading process opens its own connection and reads the whole file: a remote
             # share gets one, so it sees no more sessions or traffic than before.
             local = self._source_settings.type in LOCAL_TYPES
-            return produce_in_children(job, processes_for(self._partitions) if local else 1)
+            return produce_in_children(job, processes_for(self._partitions) if local else 1, self._context.stop)
         return produce(job, self._source)
 
     def _fingerprint(self) -> str:

@@ -15,7 +15,7 @@ from delivery_helpers import HEADER, UPSERT, export_rows, write_export
 from rpi2braze.children import produce_in_children
 from rpi2braze.errors import BadFileError, ProductionFailed, SourceError, SourceUnavailable
 from rpi2braze.files import data_files
-from rpi2braze.model import ExportFolder, WorkflowKey
+from rpi2braze.model import ExportFolder, FileEntry, WorkflowKey
 from rpi2braze.producer import Job, produce, runs_in_child
 from rpi2braze.sandbox import Faults, SandboxServer
 from rpi2braze.settings import MappingSettings, SourceSettings
@@ -211,6 +211,38 @@ def test_the_child_ignores_sigterm_sent_to_its_group(tmp_path):
         numbers = [batch.number for batch in batches]
     with produce(job, source) as (_, batches):
         assert numbers == [batch.number for batch in batches]
+
+
+def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path):
+    """A data file that stops mid-way (a FIFO whose writer goes quiet) must not hold up a warm stop."""
+    folder = tmp_path / UPSERT / OFFER / "7012"
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "RPI_Export_7012.txt")
+    written, release = threading.Event(), threading.Event()
+
+    def write_then_stall():
+        with open(folder / "RPI_Export_7012.txt", "w", encoding="utf-8") as fifo:   # waits for the child
+            fifo.write(HEADER + "".join(row.line() for row in export_rows("f", 150)))
+            fifo.flush()
+            written.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=write_then_stall)
+    writer.start()
+    settings = SourceSettings(name="drop", type="local", path=str(tmp_path))
+    key = WorkflowKey("drop", UPSERT, OFFER, "7012")
+    entry = FileEntry("RPI_Export_7012.txt", False, 0, 0.0)
+    job = Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), 75, 4_000_000, 4)
+    stop = threading.Event()
+    try:
+        with pytest.raises(ProductionFailed, match="stopped while the reading processes were still reading"):
+            with produce_in_children(job, 1, stop) as (header, batches):
+                assert header[2] == "external_id" and written.is_set()
+                stop.set()
+                next(batches)   # no batch is due: 150 rows in 4 partitions
+    finally:
+        release.set()
+        writer.join(10)
 
 
 def test_no_process_at_all_is_refused(tmp_path):
