@@ -6,6 +6,7 @@ import os
 import threading
 from dataclasses import dataclass
 
+from rpi2braze.locks import WorkflowLocks
 from rpi2braze.ratelimit import RateLimiter
 from rpi2braze.sender import SenderPool
 from rpi2braze.settings import Settings
@@ -15,7 +16,8 @@ from rpi2braze.worker import DeliveryContext
 
 @dataclass
 class Pipeline:
-    """A state store, one rate limiter per workspace, and the sender pool that shares it."""
+    """A state store, one rate limiter per workspace, the sender pool that shares it, and the
+    workflow locks that keep another rpi2braze process off the folders this one delivers."""
 
     context: DeliveryContext
     limiter: RateLimiter
@@ -28,8 +30,9 @@ class Pipeline:
         limiter = RateLimiter(braze.rate_limit.requests, braze.rate_limit.per_seconds)
         pool = SenderPool(braze, limiter, stop, hold_while_refused=hold_while_refused)
         state_dir = os.path.dirname(os.path.abspath(settings.state.path))
-        return cls(DeliveryContext(settings, state, pool, stop, state_dir), limiter)
+        return cls(DeliveryContext(settings, state, pool, stop, state_dir, WorkflowLocks(state_dir)), limiter)
 
     def close(self, timeout: float = 10.0) -> None:
         self.context.pool.close(timeout)
         self.context.state.close()
+        self.context.locks.close()

@@ -84,6 +84,10 @@ def _process_one(settings: Settings, pipeline: Pipeline, path: str) -> bool:
             status = delivery.run()
     else:
         status = delivery.run()
+    if delivery.busy_elsewhere:
+        print(f"rpi2braze: {folder.location} is being delivered by another rpi2braze process "
+              f"(the daemon?); not sent from here", file=sys.stderr)
+        return False
     record = state.get(folder.key)
     print(f"{status}: {folder.location}: {record.rows_delivered} rows delivered, {record.rows_rejected} rejected"
           + (f"; reason: {record.reason}" if record.reason else ""))

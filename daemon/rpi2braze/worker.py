@@ -19,6 +19,7 @@ from rpi2braze import __version__, archive, metrics
 from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
 from rpi2braze.errors import BadFileError, PermanentDeliveryError, ProductionFailed, SourceError
 from rpi2braze.files import data_files
+from rpi2braze.locks import WorkflowLocks
 from rpi2braze.log import get_logger
 from rpi2braze.model import Batch, DeliveryResult, ExportFolder, WorkflowStatus
 from rpi2braze.children import processes_for, produce_in_children
@@ -50,6 +51,7 @@ class DeliveryContext:
     pool: SenderPool
     stop: threading.Event
     state_dir: str
+    locks: WorkflowLocks
 
 
 def partitions_for(folder: ExportFolder, senders: int) -> int:
@@ -75,8 +77,20 @@ class FolderDelivery:
         self._deadletter: DeadLetterWriter | None = None
         self._partitions = 1
         self._shown_refused = False
+        self.busy_elsewhere = False   # run() found another process delivering this workflow
 
     def run(self) -> WorkflowStatus:
+        """Deliver the folder unless another rpi2braze process is delivering it (then return
+        PENDING and leave its state record alone: that process owns it)."""
+        with self._context.locks.hold(self.key) as held:
+            if held:
+                return self._run()
+        log.warning("workflow_busy_elsewhere", workflow_id=self.key.workflow_id, source=self.key.source,
+                    reason="another rpi2braze process (the daemon, or `process`) is delivering it")
+        self.busy_elsewhere = True
+        return WorkflowStatus.PENDING
+
+    def _run(self) -> WorkflowStatus:
         state = self._context.state
         state.record_seen(self.key, self.folder.location)
         try:
