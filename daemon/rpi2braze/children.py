@@ -51,7 +51,7 @@ def processes_for(partitions: int) -> int:
 def produce_in_children(job: Job, processes: int = 1, stop: threading.Event | None = None) -> Iterator[Production]:
     """`produce`, shared among `processes` child processes; the same header, batches (in another
     order) and exceptions. Raise ProductionFailed if a child dies or fails in a way the
-    in-process path has no class for, or if `stop` is set while no batch is ready (a stalled
+    in-process path has no class for, or if `stop` is set while no message is ready (a stalled
     read must not hold up a warm stop). Leaving the context stops every child and its thread.
     Raise ValueError if processes < 1."""
     if processes < 1:
@@ -61,11 +61,9 @@ def produce_in_children(job: Job, processes: int = 1, stop: threading.Event | No
         with contextlib.ExitStack() as stack:
             outputs = [stack.enter_context(_child(dataclasses.replace(job, shard=(index, processes))))
                        for index in range(processes)]
-            streams = [_then_ended(read_messages(output)) for output in outputs]
-            headers = [_expect(next(stream), "header") for stream in streams]
-            merged = _Merge(streams, job.folder.key, stop)
+            merged = _Merge([_then_ended(read_messages(output)) for output in outputs], job.folder.key, stop)
             stack.callback(merged.close)
-            yield headers[0], merged.batches()
+            yield merged.header(), merged.batches()
     finally:   # the children are dead now: their threads read the end of the pipes and return
         if merged is not None:
             merged.join(_JOIN_SECONDS)
@@ -88,28 +86,36 @@ def _child(job: Job) -> Iterator[BinaryIO]:
 
 
 class _Merge:
-    """The batches of several children's message streams, as they arrive."""
+    """The header and then the batches of several children's message streams, as they arrive."""
 
     def __init__(self, streams: list[Iterator[tuple]], key: WorkflowKey, stop: threading.Event | None):
         self._key = key
         self._stop = stop
         self._count = len(streams)
         self._queue: queue.Queue = queue.Queue(_QUEUED_PER_PROCESS * len(streams))
+        self._early: list[tuple[int, tuple]] = []   # what came before every child had answered
         self._closed = threading.Event()
         self._threads = [threading.Thread(target=self._pump, args=(index, stream), name=f"reading-{index}",
                                           daemon=True) for index, stream in enumerate(streams)]
         for thread in self._threads:
             thread.start()
 
+    def header(self) -> tuple[str, ...]:
+        """The header, once every child has opened and planned every file (a bad file anywhere
+        raises before anything is sent)."""
+        headers: dict[int, tuple[str, ...]] = {}
+        while len(headers) < self._count:
+            index, message = self._next()
+            if index in headers:
+                self._early.append((index, message))
+            else:
+                headers[index] = _expect(message, "header")
+        return headers[0]
+
     def batches(self) -> Iterator[Batch]:
         finished: set[int] = set()
         while len(finished) < self._count:
-            try:
-                index, message = self._queue.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                if self._stop is not None and self._stop.is_set():
-                    raise ProductionFailed("stopped while the reading processes were still reading") from None
-                continue
+            index, message = self._early.pop(0) if self._early else self._next()
             if message[0] == "end":
                 finished.add(index)
             elif message is _ENDED:
@@ -118,6 +124,15 @@ class _Merge:
             else:
                 _expect(message, "batch")
                 yield batch_of(self._key, message)
+
+    def _next(self) -> tuple[int, tuple]:
+        """The next (child index, message); raise ProductionFailed if the stop is set meanwhile."""
+        while True:
+            try:
+                return self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if self._stop is not None and self._stop.is_set():
+                    raise ProductionFailed("stopped while the reading processes were still reading") from None
 
     def close(self) -> None:
         """Stop queueing: each thread returns at its next message or the end of its pipe."""
