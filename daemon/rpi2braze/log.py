@@ -13,9 +13,13 @@ import orjson
 import structlog
 
 
+_configured = {"format": "json"}
+
+
 def configure(level: str = "info", fmt: str = "json", stream=None) -> None:
     """Set up structlog for the process. `fmt` is "json" or "console"; `stream` defaults to stdout
     (journald reads it); one-shot commands log to stderr so their stdout stays machine-readable."""
+    _configured["format"] = fmt
     renderer = (
         structlog.processors.JSONRenderer(serializer=lambda obj, **_: orjson.dumps(obj, default=str).decode())
         if fmt == "json"
@@ -33,6 +37,11 @@ def configure(level: str = "info", fmt: str = "json", stream=None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+
+
+def current_format() -> str:
+    """The format this process logs in, for child processes to log the same way."""
+    return _configured["format"]
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

@@ -20,7 +20,7 @@ from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
 from rpi2braze.errors import BadFileError, PermanentDeliveryError, ProductionFailed, SourceError
 from rpi2braze.files import data_files
 from rpi2braze.locks import WorkflowLocks
-from rpi2braze.log import get_logger
+from rpi2braze.log import current_format, get_logger
 from rpi2braze.model import Batch, DeliveryResult, ExportFolder, WorkflowStatus
 from rpi2braze.children import processes_for, produce_in_children
 from rpi2braze.config_schema import LOCAL_TYPES
@@ -123,7 +123,7 @@ class FolderDelivery:
         """The folder's batches, made in this process or, for a big folder, in child processes."""
         settings = self._context.settings
         job = Job(self.folder, self._source_settings, settings.mapping, settings.braze.max_objects_per_request,
-                  settings.braze.max_request_bytes, self._partitions, acked, settings.log_level, settings.log_format)
+                  settings.braze.max_request_bytes, self._partitions, acked, settings.log_level, current_format())
         big = sum(entry.size for entry in self.folder.data_files) >= settings.parse_process_min_bytes
         if big and runs_in_child(self._source_settings):
             # Each reading process opens its own connection and reads the whole file: a remote
