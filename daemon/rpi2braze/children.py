@@ -93,7 +93,7 @@ class _Merge:
         self._stop = stop
         self._count = len(streams)
         self._queue: queue.Queue = queue.Queue(_QUEUED_PER_PROCESS * len(streams))
-        self._early: list[tuple[int, tuple]] = []   # what came before every child had answered
+        self._answered = threading.Event()   # every child's first message is in: batches may follow
         self._closed = threading.Event()
         self._threads = [threading.Thread(target=self._pump, args=(index, stream), name=f"reading-{index}",
                                           daemon=True) for index, stream in enumerate(streams)]
@@ -102,20 +102,19 @@ class _Merge:
 
     def header(self) -> tuple[str, ...]:
         """The header, once every child has opened and planned every file (a bad file anywhere
-        raises before anything is sent)."""
+        raises before anything is sent). Until then each thread queues its child's first message
+        only, so the queue holds no batch that would have to be put aside."""
         headers: dict[int, tuple[str, ...]] = {}
         while len(headers) < self._count:
             index, message = self._next()
-            if index in headers:
-                self._early.append((index, message))
-            else:
-                headers[index] = _expect(message, "header")
+            headers[index] = _expect(message, "header")
+        self._answered.set()
         return headers[0]
 
     def batches(self) -> Iterator[Batch]:
         finished: set[int] = set()
         while len(finished) < self._count:
-            index, message = self._early.pop(0) if self._early else self._next()
+            index, message = self._next()
             if message[0] == "end":
                 finished.add(index)
             elif message is _ENDED:
@@ -144,9 +143,18 @@ class _Merge:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _pump(self, index: int, stream: Iterator[tuple]) -> None:
-        for message in stream:   # it ends with _ENDED, whatever happens to the pipe
+        for position, message in enumerate(stream):   # it ends with _ENDED, whatever happens to the pipe
+            if position == 1 and not self._wait_answered():
+                return
             if not self._put((index, message)) or message is _ENDED:
                 return
+
+    def _wait_answered(self) -> bool:
+        """Wait until every child has answered; False if the merge was closed first."""
+        while not self._answered.wait(_POLL_SECONDS):
+            if self._closed.is_set():
+                return False
+        return True
 
     def _put(self, item: tuple) -> bool:
         """Queue `item` once there is room; False if the merge was closed first."""

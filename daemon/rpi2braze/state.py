@@ -72,7 +72,9 @@ INSERT_BATCH = """INSERT INTO batches (workflow, number, rows_delivered, rows_re
 UPDATE_TOTALS = """UPDATE workflows SET rows_delivered = rows_delivered + ?, rows_rejected = rows_rejected + ?,
     batches_acked = batches_acked + 1, updated_at = ? WHERE id = ?"""
 UPDATE_FINISH = "UPDATE workflows SET status = ?1, reason = ?2, finished_at = ?3, updated_at = ?3 WHERE id = ?4"
-UPDATE_PENDING = "UPDATE workflows SET status = 'pending', reason = ?, updated_at = ? WHERE id = ?"
+# A finished workflow stays finished: only `requeue` (the retry command) reopens it.
+UPDATE_PENDING = """UPDATE workflows SET status = 'pending', reason = ?, updated_at = ?
+    WHERE id = ? AND status NOT IN ('delivered', 'failed', 'quarantined')"""
 DELETE_BATCHES = "DELETE FROM batches WHERE workflow = ?"
 UPDATE_REQUEUE = """UPDATE workflows SET status = 'pending', reason = '', partitions = NULL, rows_delivered = 0,
     rows_rejected = 0, batches_acked = 0, started_at = NULL, finished_at = NULL, updated_at = ? WHERE id = ?"""
@@ -179,7 +181,8 @@ class StateStore:
             connection.execute(UPDATE_FINISH, (str(status), reason, self._clock(), workflow))
 
     def set_pending(self, key: WorkflowKey, reason: str) -> None:
-        """Put `key` back to PENDING with `reason` (e.g. Braze refused the key); acked batches are kept."""
+        """Put `key` back to PENDING with `reason` (e.g. Braze refused the key); acked batches are kept.
+        A delivered, failed or quarantined workflow is left as it is."""
         with self._transaction(write=True) as connection:
             workflow, _ = _find_id(connection, key)
             connection.execute(UPDATE_PENDING, (reason, self._clock(), workflow))

@@ -28,7 +28,7 @@ from rpi2braze.producer import Job, Production, produce, runs_in_child
 from rpi2braze.sender import SenderPool
 from rpi2braze.settings import Settings, SourceSettings
 from rpi2braze.sources.base import Source
-from rpi2braze.state import StateStore
+from rpi2braze.state import FINAL_STATUSES, StateStore
 
 log = get_logger(__name__)
 
@@ -92,7 +92,9 @@ class FolderDelivery:
 
     def _run(self) -> WorkflowStatus:
         state = self._context.state
-        state.record_seen(self.key, self.folder.location)
+        record = state.record_seen(self.key, self.folder.location)
+        if record.status in FINAL_STATUSES:   # another process finished it before this one got the lock
+            return record.status
         try:
             self._check_listing("the folder changed after it settled; it will be looked at again")
             self._partitions, acked = state.begin(

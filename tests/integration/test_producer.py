@@ -227,10 +227,11 @@ def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
             if rows:
                 fifo.write(HEADER + "".join(row.line() for row in export_rows("f", rows)))
                 fifo.flush()
-            threading.Timer(0.5, stop.set).start()   # the child has read what there is by then
+            if not rows:
+                threading.Timer(0.5, stop.set).start()   # the child waits for its first bytes by then
             release.wait(30)
 
-    writer = threading.Thread(target=write_then_stall)
+    writer = threading.Thread(target=write_then_stall, daemon=True)
     writer.start()
     settings = SourceSettings(name="drop", type="local", path=str(tmp_path))
     key = WorkflowKey("drop", UPSERT, OFFER, "7012")
@@ -240,6 +241,7 @@ def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
         with pytest.raises(ProductionFailed, match="stopped while the reading processes were still reading"):
             with produce_in_children(job, 1, stop) as (header, batches):
                 assert rows and header[2] == "external_id"
+                stop.set()
                 next(batches)   # no batch is due: 150 rows in 4 partitions
     finally:
         release.set()

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from rpi2braze.errors import StateError
 from rpi2braze.locks import LOCK_FILE, WorkflowLocks
 from rpi2braze.model import WorkflowKey
 
@@ -27,12 +28,13 @@ with locks.hold(WorkflowKey("drop", "Braze Append", "Offer", "42")) as held:
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding KEY's lock until it is killed or its stdin closes."""
-    process = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "held"
-    yield process
-    process.kill()
-    process.wait(10)
+    with subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout.readline().strip() == "held"
+            yield process
+        finally:
+            process.kill()
 
 
 def test_a_workflow_held_by_another_process_is_refused_and_others_are_free(tmp_path, holder):
@@ -70,3 +72,32 @@ def test_a_lock_released_here_can_be_taken_by_another_process(tmp_path):
         locks.close()
     assert stat.S_IMODE(os.stat(tmp_path / LOCK_FILE).st_mode) == 0o600
     assert os.path.getsize(tmp_path / LOCK_FILE) == 0    # locks lie beyond the end: the file never grows
+
+
+def test_threads_of_one_process_exclude_each_other_too(tmp_path):
+    locks = WorkflowLocks(str(tmp_path))
+    try:
+        with locks.hold(KEY) as first:
+            with locks.hold(KEY) as second:
+                assert (first, second) == (True, False)
+            after = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], input="", capture_output=True, text=True)
+            assert after.stdout.strip() == "busy"      # the refused second hold did not unlock the first
+        with locks.hold(KEY) as again:
+            assert again is True
+    finally:
+        locks.close()
+
+
+def test_closing_while_a_workflow_is_held_is_harmless(tmp_path):
+    locks = WorkflowLocks(str(tmp_path))
+    with locks.hold(KEY) as held:
+        assert held is True
+        locks.close()
+    with locks.hold(OTHER) as held:
+        assert held is False      # closed: nothing more is locked
+
+
+def test_a_state_directory_that_cannot_hold_the_lock_file_is_a_clear_error(tmp_path):
+    (tmp_path / "not-a-directory").write_text("")
+    with pytest.raises(StateError, match="cannot open .*workflows.lock: Not a directory; the state directory must"):
+        WorkflowLocks(str(tmp_path / "not-a-directory"))
