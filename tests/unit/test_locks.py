@@ -37,55 +37,49 @@ def holder(tmp_path):
             process.kill()
 
 
-def test_a_workflow_held_by_another_process_is_refused_and_others_are_free(tmp_path, holder):
+@pytest.fixture
+def locks(tmp_path):
     locks = WorkflowLocks(str(tmp_path))
-    try:
-        with locks.hold(KEY) as held:
-            assert held is False
-        with locks.hold(OTHER) as held:
-            assert held is True
-    finally:
-        locks.close()
+    yield locks
+    locks.close()
 
 
-def test_the_lock_is_dropped_when_its_process_is_killed(tmp_path, holder):
+def another_process_finds(tmp_path) -> str:
+    """"held" or "busy": what a new process trying KEY sees."""
+    return subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], input="", capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_a_workflow_held_by_another_process_is_refused_and_others_are_free(holder, locks):
+    with locks.hold(KEY) as held:
+        assert held is False
+    with locks.hold(OTHER) as held:
+        assert held is True
+
+
+def test_the_lock_is_dropped_when_its_process_is_killed(holder, locks):
     holder.send_signal(signal.SIGKILL)
     holder.wait(10)
-    locks = WorkflowLocks(str(tmp_path))
-    try:
-        with locks.hold(KEY) as held:
-            assert held is True
-    finally:
-        locks.close()
+    with locks.hold(KEY) as held:
+        assert held is True
 
 
-def test_a_lock_released_here_can_be_taken_by_another_process(tmp_path):
-    locks = WorkflowLocks(str(tmp_path))
-    try:
-        with locks.hold(KEY) as held:
-            assert held is True
-            busy = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], input="", capture_output=True, text=True)
-            assert busy.stdout.strip() == "busy"
-        after = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], input="", capture_output=True, text=True)
-        assert after.stdout.strip() == "held"
-    finally:
-        locks.close()
+def test_a_lock_released_here_can_be_taken_by_another_process(tmp_path, locks):
+    with locks.hold(KEY) as held:
+        assert held is True
+        assert another_process_finds(tmp_path) == "busy"
+    assert another_process_finds(tmp_path) == "held"
     assert stat.S_IMODE(os.stat(tmp_path / LOCK_FILE).st_mode) == 0o600
     assert os.path.getsize(tmp_path / LOCK_FILE) == 0    # locks lie beyond the end: the file never grows
 
 
-def test_threads_of_one_process_exclude_each_other_too(tmp_path):
-    locks = WorkflowLocks(str(tmp_path))
-    try:
-        with locks.hold(KEY) as first:
-            with locks.hold(KEY) as second:
-                assert (first, second) == (True, False)
-            after = subprocess.run([sys.executable, "-c", HOLDER, str(tmp_path)], input="", capture_output=True, text=True)
-            assert after.stdout.strip() == "busy"      # the refused second hold did not unlock the first
-        with locks.hold(KEY) as again:
-            assert again is True
-    finally:
-        locks.close()
+def test_threads_of_one_process_exclude_each_other_too(tmp_path, locks):
+    with locks.hold(KEY) as first:
+        with locks.hold(KEY) as second:
+            assert (first, second) == (True, False)
+        assert another_process_finds(tmp_path) == "busy"   # the refused second hold did not unlock the first
+    with locks.hold(KEY) as again:
+        assert again is True
 
 
 def test_closing_while_a_workflow_is_held_is_harmless(tmp_path):
