@@ -96,6 +96,7 @@ def build_batches(
     partitions: int,
     max_objects: int,
     max_bytes: int,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[Batch]:
     """Given mapped rows and rejections in file order, return an iterator of batches.
 
@@ -105,12 +106,14 @@ def build_batches(
     order. The k-th batch (from 0) of partition p is number k * partitions + p. Rejections,
     including objects too big for any request, are attached to their partition's next batch,
     which may then carry no objects. Raise ValueError at once if a limit cannot be met by any batch.
+    `shard` (index, count): the items are those of partitions p with p % count == index (another
+    process batches the rest); raise ValueError, before emitting it, if a batch falls outside.
     """
     if partitions < 1 or max_objects < 1:
         raise ValueError(f"partitions and max_objects must be >= 1, got {partitions}, {max_objects}")
     if max_bytes <= _BODY_ENVELOPE_BYTES:
         raise ValueError(f"max_bytes must be > {_BODY_ENVELOPE_BYTES}, got {max_bytes}")
-    return _batches(items, _Batcher(key, partitions, max_objects, max_bytes))
+    return _batches(items, _Batcher(key, partitions, max_objects, max_bytes, shard))
 
 
 def _batches(items: Iterable[tuple[RawRow, dict] | Rejection], batcher: _Batcher) -> Iterator[Batch]:
@@ -158,9 +161,11 @@ class _OpenBatch:
 class _Batcher:
     """The state of one build_batches run: open batches and how many each partition emitted."""
 
-    def __init__(self, key: WorkflowKey, partitions: int, max_objects: int, max_bytes: int):
+    def __init__(self, key: WorkflowKey, partitions: int, max_objects: int, max_bytes: int,
+                 shard: tuple[int, int]):
         self.key = key
         self.partitions = partitions
+        self.shard = shard
         self.max_objects = max_objects
         self.max_bytes = max_bytes
         self.open = [_OpenBatch() for _ in range(partitions)]
@@ -221,6 +226,10 @@ class _Batcher:
         return self._emit(partition) if len(held) >= MAX_REJECTIONS_HELD else None
 
     def _emit(self, partition: int) -> Batch:
+        index, count = self.shard
+        if partition % count != index:   # checked per batch, not per row: it is never expected
+            raise ValueError(f"partition {partition} is not in share {index} of {count}: "
+                             "another process makes its batches, with the same numbers")
         batch = self.open[partition]
         emitted = Batch(
             key=self.key,

@@ -75,7 +75,8 @@ def produce(job: Job, source: Source) -> Iterator[Production]:
     cannot be read, SourceError if the source fails."""
     with contextlib.ExitStack() as stack:
         tables = _open_tables(stack, job, source)
-        batches = build_batches(_items(tables, job), job.folder.key, job.partitions, job.max_objects, job.max_bytes)
+        batches = build_batches(_items(tables, job), job.folder.key, job.partitions, job.max_objects, job.max_bytes,
+                                job.shard)
         yield tables[0][0].header, (batch for batch in batches if batch.number not in job.acked)
 
 
@@ -105,15 +106,10 @@ def _items(tables: list[tuple[Table, ColumnPlan]], job: Job) -> Iterator:
             if count > 1 and (partition := _partition(plan, row, job.partitions)) % count != index:
                 continue
             try:
-                attributes = map_row(plan, row, offer, mode, region)
+                yield row, map_row(plan, row, offer, mode, region)
             except RowRejected as rejected:
                 yield Rejection(row, rejected.reason, partition if partition is not None
                                 else _partition(plan, row, job.partitions))
-                continue
-            if partition is not None and partition_of(attributes["external_id"], job.partitions) != partition:
-                # the batcher would place it in another process's partition: two batches, one number
-                raise RuntimeError(f"line {row.line}: map_row changed the external_id the partition came from")
-            yield row, attributes
 
 
 def _partition(plan: ColumnPlan, row, partitions: int) -> int:

@@ -322,3 +322,12 @@ def test_batching_a_share_of_the_partitions_gives_the_same_batches(shards):
 def test_same_input_same_batches():
     items = random_items(seed=99)
     assert batches_of(items, 5, 20, 5_000) == batches_of(list(items), 5, 20, 5_000)
+
+
+def test_a_batch_outside_its_share_is_refused_before_it_leaves():
+    """Two processes would make batches with the same number: the batcher stops first."""
+    [(row, attributes)] = rows_for([user("u1")])
+    share = (partition_of("u1", 4) + 1) % 2, 2       # the share u1's partition is not in
+    with pytest.raises(ValueError, match="is not in share"):
+        list(build_batches([(row, attributes)], KEY, 4, 75, LIMIT, share))
+    assert batches_of([(row, attributes)], partitions=4)   # the whole run takes it
