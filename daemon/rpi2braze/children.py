@@ -44,7 +44,7 @@ def processes_for(partitions: int) -> int:
     """How many reading processes share a folder of `partitions` partitions on this machine: one
     per core but the sending process's, since every one parses the whole file (on 2 cores a
     second one cost 25% more CPU per row and 36 MB for no gain in rows/s; bench/README.md)."""
-    return max(1, min(MAX_PROCESSES, (os.cpu_count() or 1) - 1, partitions))
+    return max(1, min(MAX_PROCESSES, len(os.sched_getaffinity(0)) - 1, partitions))   # cores we may run on
 
 
 @contextlib.contextmanager

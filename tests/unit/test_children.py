@@ -1,0 +1,21 @@
+"""How many reading processes share a folder: one per core this process may use but one, at most 4."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rpi2braze.children import MAX_PROCESSES, processes_for
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 3, 64])
+def test_never_more_processes_than_partitions_cores_or_the_cap(partitions):
+    count = processes_for(partitions)
+    assert 1 <= count <= min(partitions, MAX_PROCESSES, max(1, len(os.sched_getaffinity(0)) - 1))
+
+
+def test_one_allowed_core_means_one_reading_process():
+    script = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
+             "from rpi2braze.children import processes_for; print(processes_for(64))"
+    assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "1"
