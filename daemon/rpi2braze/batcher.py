@@ -113,6 +113,8 @@ def build_batches(
         raise ValueError(f"partitions and max_objects must be >= 1, got {partitions}, {max_objects}")
     if max_bytes <= _BODY_ENVELOPE_BYTES:
         raise ValueError(f"max_bytes must be > {_BODY_ENVELOPE_BYTES}, got {max_bytes}")
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard}")
     return _batches(items, _Batcher(key, partitions, max_objects, max_bytes, shard))
 
 

@@ -212,7 +212,8 @@ def test_unsendable_object_is_rejected(attributes, reason_start):
     assert rejection.row.line == 2 and rejection.reason.startswith(reason_start)
 
 
-@pytest.mark.parametrize("arguments", [(0, 75, LIMIT), (4, 0, LIMIT), (4, 75, 17)])
+@pytest.mark.parametrize("arguments", [(0, 75, LIMIT), (4, 0, LIMIT), (4, 75, 17), (4, 75, LIMIT, (2, 2)),
+                                       (4, 75, LIMIT, (-1, 2))])
 def test_impossible_limits_refused_at_call(arguments):
     with pytest.raises(ValueError):
         build_batches([], KEY, *arguments)
