@@ -68,7 +68,8 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float | 
     """Given a /users/track answer, return a TrackResponse for 2xx or raise what the caller must do.
 
     `headers` must match names case-insensitively (http.client's HTTPMessage does). Raise RetryableDeliveryError
-    for 408/429/5xx (with Braze's retry delay when given), SplittableDeliveryError for 400/413,
+    for 408/429/5xx (with Braze's retry delay when given) and for a 400 without Braze's JSON body,
+    SplittableDeliveryError for 400/413,
     PermanentDeliveryError for 401/403/404 and other 4xx that resending cannot fix.
     """
     now = time.time() if now is None else now
@@ -87,6 +88,11 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float | 
             now,
         )
         raise RetryableDeliveryError(f"Braze answered {status}: {message}", status, retry_after)
+    if status == 400 and not isinstance(_decode(body), dict):
+        # Braze answers a 400 with a JSON object. Anything else came from something in the way (a
+        # proxy, a firewall): splitting would dead-letter every row of the export for it.
+        raise RetryableDeliveryError(f"a 400 that is not Braze's (no JSON body; a proxy or firewall in "
+                                     f"the way?): {message}", status)
     if status in SPLITTABLE_STATUSES:
         raise SplittableDeliveryError(f"Braze answered {status}: {message}", status)
     hint = " (check braze.api_key, its users.track permission and braze.rest_endpoint)" if status in (401, 403, 404) else ""

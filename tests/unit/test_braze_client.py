@@ -62,6 +62,21 @@ def test_splittable_statuses(status):
     assert "Max Input Length Exceeded" in str(raised.value)
 
 
+@pytest.mark.parametrize("body", [b"<html><body>400 Bad Request</body></html>", b"", b'["not", "braze"]'])
+def test_a_400_without_brazes_json_is_retried_not_split(body):
+    """A proxy's or firewall's 400 says nothing about the objects: bisecting would dead-letter them all."""
+    with pytest.raises(RetryableDeliveryError) as raised:
+        classify(400, headers(), body, NOW)
+    assert raised.value.status == 400
+    assert "not Braze's" in str(raised.value)
+
+
+def test_a_413_without_json_is_still_split():
+    """A proxy with a smaller body limit than Braze's: halves get through."""
+    with pytest.raises(SplittableDeliveryError):
+        classify(413, headers(), b"<html>413 Request Entity Too Large</html>", NOW)
+
+
 @pytest.mark.parametrize("status", [401, 403, 404, 415])
 def test_permanent_statuses(status):
     with pytest.raises(PermanentDeliveryError) as raised:
