@@ -73,11 +73,12 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float | 
     PermanentDeliveryError for 401/403/404 and other 4xx that resending cannot fix.
     """
     now = time.time() if now is None else now
-    message = _message(body)
+    decoded = _decode(body)   # once: the message, the errors[] and the 400 check all read it
+    message = _message(decoded, body)
     if 200 <= status < 300:
         return TrackResponse(
             status=status,
-            errors=_errors(body),
+            errors=_errors(decoded),
             rate_remaining=_header_int(headers, "x-ratelimit-remaining"),
             rate_reset_seconds=reset_delay(headers.get("x-ratelimit-reset"), now),
         )
@@ -88,7 +89,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float | 
             now,
         )
         raise RetryableDeliveryError(f"Braze answered {status}: {message}", status, retry_after)
-    if status == 400 and not isinstance(_decode(body), dict):
+    if status == 400 and not isinstance(decoded, dict):
         # Braze answers a 400 with a JSON object. Anything else came from something in the way (a
         # proxy, a firewall): splitting would dead-letter every row of the export for it.
         raise RetryableDeliveryError(f"a 400 that is not Braze's (no JSON body; a proxy or firewall in "
@@ -106,15 +107,13 @@ def _decode(body: bytes) -> object:
         return None
 
 
-def _message(body: bytes) -> str:
-    decoded = _decode(body)
+def _message(decoded: object, body: bytes) -> str:
     if isinstance(decoded, dict) and isinstance(decoded.get("message"), str):
         return decoded["message"][:300]
     return body[:200].decode("utf-8", "replace") or "(empty body)"
 
 
-def _errors(body: bytes) -> tuple[dict, ...]:
-    decoded = _decode(body)
+def _errors(decoded: object) -> tuple[dict, ...]:
     if not isinstance(decoded, dict) or not isinstance(decoded.get("errors"), list):
         return ()
     return tuple(item if isinstance(item, dict) else {"type": str(item)} for item in decoded["errors"])

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from typing import ContextManager, Iterator
 
 from rpi2braze import __version__, archive, metrics
+from rpi2braze.children import processes_for, produce_in_children
+from rpi2braze.config_schema import LOCAL_TYPES
 from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
 from rpi2braze.errors import BadFileError, PermanentDeliveryError, ProductionFailed, SourceError
 from rpi2braze.files import data_files
 from rpi2braze.locks import WorkflowLocks
 from rpi2braze.log import current_format, get_logger
 from rpi2braze.model import Batch, DeliveryResult, ExportFolder, WorkflowStatus
-from rpi2braze.children import processes_for, produce_in_children
-from rpi2braze.config_schema import LOCAL_TYPES
 from rpi2braze.producer import Job, Production, produce, runs_in_child
 from rpi2braze.sender import SenderPool
 from rpi2braze.settings import Settings, SourceSettings
