@@ -172,7 +172,10 @@ def test_the_children_exit_when_the_daemon_is_killed(tmp_path):
                                     str(drop / UPSERT / OFFER / "7006")], env=environment(),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: sandbox.requests, timeout=30, what="the first request")
+            # the first acknowledgement, not the first request: a kill between the two left 0 rows
+            wait_for(lambda: os.path.exists(tmp_path / "state" / "state.db")
+                     and any(record["rows_delivered"] for record in status(config)),
+                     timeout=30, what="the first acknowledged batch")
             children = children_of(process.pid)
             assert children      # one per core here, at most 4 (children.processes_for)
             process.send_signal(signal.SIGKILL)
