@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -150,6 +151,42 @@ def test_concurrent_acks_from_eight_threads_give_exact_totals(store):
     assert inserted.count(True) == distinct
     assert (record.batches_acked, record.rows_delivered, record.rows_rejected) == (distinct, 3 * distinct, distinct)
     assert store.begin(KEY, 8)[1] == frozenset(range(distinct))
+
+
+def test_bad_acks_committed_with_good_ones_fail_alone(store):
+    store.record_seen(KEY, "x")
+    store.begin(KEY, 2)
+    results = {}
+
+    def ack(name, key, number, delivered):
+        try:
+            results[name] = store.ack_batch(key, number, delivered, 0)
+        except StateError as error:
+            results[name] = error
+
+    # Hold the file while the first ack commits, so the next four queue up and share one transaction.
+    with store._lock:
+        first = threading.Thread(target=ack, args=("first", KEY, 0, 10))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not store._acks._committing:
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        grouped = [threading.Thread(target=ack, args=arguments) for arguments in (
+            ("unknown", OTHER, 0, 1), ("good", KEY, 1, 20), ("negative", KEY, -1, 1), ("repeat", KEY, 0, 99))]
+        for thread in grouped:
+            thread.start()
+        while len(store._acks._queued) < 4:   # the first ack's group is taken; it waits for the file
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+    for thread in [first, *grouped]:
+        thread.join(10)
+    assert results["first"] is True and results["good"] is True and results["repeat"] is False
+    assert "not in the state file" in str(results["unknown"])
+    assert "CHECK constraint" in str(results["negative"])
+    record = store.get(KEY)
+    assert (record.batches_acked, record.rows_delivered) == (2, 30)
+    assert store.get(OTHER) is None
 
 
 @pytest.mark.parametrize("status", FINAL)
