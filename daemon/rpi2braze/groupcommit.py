@@ -19,16 +19,21 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+class CommitFailed(Exception):
+    """The commit of a group failed in the thread that ran it; `__cause__` is what it raised."""
+
+
 class _Entry(Generic[Item]):
     """One submitted item. `wake` is held until its thread may go on: its item committed
-    (`done`), or it is to commit the next group."""
+    (`done`), or it was handed the next group (`leads`)."""
 
-    __slots__ = ("item", "outcome", "done", "wake")
+    __slots__ = ("item", "outcome", "done", "leads", "wake")
 
     def __init__(self, item: Item):
         self.item = item
         self.outcome: object = None
         self.done = False
+        self.leads = False
         self.wake = threading.Lock()
         self.wake.acquire()
 
@@ -37,9 +42,10 @@ class GroupCommit(Generic[Item, Result]):
     """Runs `commit(items)` for groups of submitted items, one group at a time.
 
     `commit` returns one outcome per item, in order: a result, or an exception to raise in that
-    item's caller only. If `commit` itself raises, every caller of that group gets the error.
-    Each waiting thread is woken once, by its own lock (a Condition's notify_all would wake
-    every waiter for every group).
+    item's caller only (a distinct object per caller: one raised in several threads would
+    collect all their tracebacks). If `commit` raises, the thread that ran it raises that, and
+    the rest of its group CommitFailed. Each waiting thread is woken once, by its own lock (a
+    Condition's notify_all would wake every waiter for every group).
     """
 
     def __init__(self, commit: Callable[[list[Item]], list[Result | Exception]]):
@@ -53,35 +59,62 @@ class GroupCommit(Generic[Item, Result]):
         entry = _Entry(item)
         with self._lock:
             self._queued.append(entry)
-            waits = self._committing
+            entry.leads = not self._committing
             self._committing = True
-        if waits:
-            entry.wake.acquire()   # until committed, or handed the next group
-        if not entry.done:
-            self._lead()
+        try:
+            if not entry.leads:
+                entry.wake.acquire()   # until committed, or handed the next group
+            if not entry.done:
+                self._lead(entry)
+        except BaseException:   # Ctrl-C, which Python raises in the main thread
+            self._withdraw(entry)
+            raise
         if isinstance(entry.outcome, BaseException):
             raise entry.outcome
         return entry.outcome  # type: ignore[return-value]
 
-    def _lead(self) -> None:
-        """Commit everything queued (this thread's entry included); then wake that group and hand
-        the next group, if any arrived meanwhile, to the first of its threads."""
+    def _withdraw(self, entry: _Entry[Item]) -> None:
+        """Take back an interrupted thread's item; if the next group was this thread's to commit,
+        hand it to the next thread in the queue: nobody else would commit it."""
+        with self._lock:
+            if entry in self._queued:
+                self._queued.remove(entry)
+            successor = self._next_leader() if entry.leads else None
+            entry.leads = False
+        if successor is not None:
+            successor.wake.release()
+
+    def _lead(self, entry: _Entry[Item]) -> None:
+        """Commit everything queued (`entry`, this thread's, is first); then wake that group and
+        hand the next group, if any arrived meanwhile, to the first of its threads."""
         with self._lock:
             group, self._queued = self._queued, []
-        outcomes: list[object]
+            entry.leads = False   # from here on, the group's outcome is this method's to deliver
         try:
-            outcomes = list(self._commit([entry.item for entry in group]))
+            outcomes = list(self._commit([member.item for member in group]))
             if len(outcomes) != len(group):
                 raise RuntimeError(f"commit returned {len(outcomes)} outcomes for {len(group)} items")
         except BaseException as error:   # KeyboardInterrupt too: no waiting thread may wait forever
-            outcomes = [error] * len(group)
-        finally:
-            for entry, outcome in zip(group, outcomes):
-                entry.outcome, entry.done = outcome, True
-            with self._lock:
-                successor = self._queued[0] if self._queued else None
-                self._committing = successor is not None
-            for entry in group[1:]:   # group[0] started the group: it is running this, not waiting
-                entry.wake.release()
-            if successor is not None:
-                successor.wake.release()
+            outcomes = [error] + [_failed(error) for _ in group[1:]]   # this thread raises the original
+        for member, outcome in zip(group, outcomes):
+            member.outcome, member.done = outcome, True
+        with self._lock:
+            successor = self._next_leader()
+        for member in group[1:]:
+            member.wake.release()
+        if successor is not None:
+            successor.wake.release()
+
+    def _next_leader(self) -> _Entry[Item] | None:
+        """Under the lock: the first queued entry, now leading, or None and nobody is committing."""
+        successor = self._queued[0] if self._queued else None
+        if successor is not None:
+            successor.leads = True
+        self._committing = successor is not None
+        return successor
+
+
+def _failed(error: BaseException) -> CommitFailed:
+    failure = CommitFailed(f"committed with another thread's item, whose commit failed: {error!r}")
+    failure.__cause__ = error
+    return failure

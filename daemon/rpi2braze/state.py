@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from rpi2braze.errors import StateError
-from rpi2braze.groupcommit import GroupCommit
+from rpi2braze.groupcommit import CommitFailed, GroupCommit
 from rpi2braze.log import get_logger
 from rpi2braze.model import WorkflowKey, WorkflowRecord, WorkflowStatus
 
@@ -46,6 +46,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ("ALTER TABLE workflows ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+MAX_INTEGER = 2**63   # SQLite's INTEGER is 64-bit signed
 
 # In WorkflowRecord's field order (see _record), then the stored partition count.
 RECORD_COLUMNS = """source, channel, offer, workflow_id, status, location, rows_delivered, rows_rejected,
@@ -175,27 +176,36 @@ class StateStore:
         in either case only once it is on disk. Raise StateError if `key` is unknown or a number or
         count is negative. Calls from several threads at once are committed together.
         """
-        return self._acks.submit(_Ack(key, number, rows_delivered, rows_rejected))
+        try:
+            return self._acks.submit(_Ack(key, number, rows_delivered, rows_rejected))
+        except CommitFailed as error:   # the thread that ran this group's transaction was interrupted
+            raise StateError(f"state file {self.path}: the acknowledgement was not recorded: {error}") from error
 
     def _write_acks(self, acks: list[_Ack]) -> list[bool | StateError]:
-        """Record `acks` in one transaction; a bad one gets its StateError and the others go on."""
-        with self._transaction(write=True) as connection:
-            return [self._write_ack(connection, ack) for ack in acks]
+        """Record `acks` in one transaction. A bad ack gets its own StateError before any statement
+        runs for it, and the others go on; if the transaction fails, each ack gets a StateError."""
+        try:
+            with self._transaction(write=True) as connection:
+                return [self._write_ack(connection, ack) for ack in acks]
+        except StateError as error:   # one object per caller: each raises it in its own thread
+            return [StateError(str(error)) for _ in acks]
 
     def _write_ack(self, connection: sqlite3.Connection, ack: _Ack) -> bool | StateError:
+        """Return what ack_batch returns for `ack`, or the StateError it raises. Any SQLite error
+        here is the file's, not the ack's: it fails the transaction, so nothing half-written stays."""
+        if not all(0 <= value < MAX_INTEGER for value in ack[1:]):
+            return StateError(f"batch number and row counts must be between 0 and {MAX_INTEGER - 1}, "
+                              f"got {ack.number}, {ack.rows_delivered}, {ack.rows_rejected}")
         try:
             workflow, _ = _find_id(connection, ack.key)
-            now = self._clock()
-            # A failed statement changes nothing (SQLite undoes it alone); the transaction goes on.
-            if connection.execute(INSERT_BATCH, (workflow, ack.number, ack.rows_delivered, ack.rows_rejected,
-                                                 now)).rowcount == 0:
-                return False
-            connection.execute(UPDATE_TOTALS, (ack.rows_delivered, ack.rows_rejected, now, workflow))
-            return True
-        except StateError as error:
+        except StateError as error:   # the key is unknown: nothing was written for it
             return error
-        except sqlite3.IntegrityError as error:
-            return StateError(f"state file {self.path}: {error}")
+        now = self._clock()
+        if connection.execute(INSERT_BATCH, (workflow, ack.number, ack.rows_delivered, ack.rows_rejected,
+                                             now)).rowcount == 0:
+            return False
+        connection.execute(UPDATE_TOTALS, (ack.rows_delivered, ack.rows_rejected, now, workflow))
+        return True
 
     def finish(self, key: WorkflowKey, status: WorkflowStatus, reason: str = "") -> None:
         """Mark `key` DELIVERED, FAILED or QUARANTINED with `reason`. Raise ValueError for another status."""

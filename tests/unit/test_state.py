@@ -35,6 +35,23 @@ for number in range(1_000_000):
     print("acked", number, flush=True)
 """
 
+# Eight threads ack at once, so most acks are committed in groups; each prints only after its own returned.
+KILLED_THREADED_CHILD = """
+import os, sys, threading
+from rpi2braze.model import WorkflowKey
+from rpi2braze.state import StateStore
+store = StateStore(sys.argv[1])
+key = WorkflowKey("rpi", "Braze Append", "Offer", "wf-kill")
+store.record_seen(key, "/exports/wf-kill")
+store.begin(key, 4)
+def sender(offset):
+    for number in range(offset, 1_000_000, 8):
+        store.ack_batch(key, number, 75, 1)
+        os.write(1, f"acked {number}\\n".encode())   # one write: lines of two threads never mix
+for offset in range(8):
+    threading.Thread(target=sender, args=(offset,)).start()
+"""
+
 
 @pytest.fixture
 def path(tmp_path):
@@ -164,29 +181,64 @@ def test_bad_acks_committed_with_good_ones_fail_alone(store):
         except StateError as error:
             results[name] = error
 
-    # Hold the file while the first ack commits, so the next four queue up and share one transaction.
-    with store._lock:
-        first = threading.Thread(target=ack, args=("first", KEY, 0, 10))
-        first.start()
+    def started(name, *arguments):
+        thread = threading.Thread(target=ack, args=(name, *arguments), daemon=True)
+        thread.start()
+        return thread
+
+    def wait_for(condition):
         deadline = time.monotonic() + 10
-        while not store._acks._committing:
-            assert time.monotonic() < deadline
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
             time.sleep(0.001)
-        grouped = [threading.Thread(target=ack, args=arguments) for arguments in (
-            ("unknown", OTHER, 0, 1), ("good", KEY, 1, 20), ("negative", KEY, -1, 1), ("repeat", KEY, 0, 99))]
-        for thread in grouped:
-            thread.start()
-        while len(store._acks._queued) < 4:   # the first ack's group is taken; it waits for the file
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
-    for thread in [first, *grouped]:
+
+    # Hold the file while the first ack commits, so the next five queue up and share one transaction.
+    with store._lock:
+        threads = [started("first", KEY, 0, 10)]
+        wait_for(lambda: store._acks._committing and not store._acks._queued)   # its group is taken
+        threads += [started(*arguments) for arguments in (
+            ("unknown", OTHER, 0, 1), ("good", KEY, 1, 20), ("negative", KEY, -1, 1), ("huge", KEY, 2, 2**63),
+            ("repeat", KEY, 0, 99))]
+        wait_for(lambda: len(store._acks._queued) == 5)
+    for thread in threads:
         thread.join(10)
+        assert not thread.is_alive()
     assert results["first"] is True and results["good"] is True and results["repeat"] is False
     assert "not in the state file" in str(results["unknown"])
-    assert "CHECK constraint" in str(results["negative"])
+    assert "must be between 0 and" in str(results["negative"]) and "must be between 0 and" in str(results["huge"])
     record = store.get(KEY)
     assert (record.batches_acked, record.rows_delivered) == (2, 30)
+    assert store.begin(KEY, 2)[1] == frozenset({0, 1})
     assert store.get(OTHER) is None
+
+
+def test_a_failed_transaction_fails_every_ack_of_its_group_with_its_own_error(store, path):
+    store.record_seen(KEY, "x")
+    store.begin(KEY, 2)
+    errors = []
+    # Another connection holds the write lock: BEGIN IMMEDIATE fails with "database is locked".
+    blocker = sqlite3.connect(path, timeout=0, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    store._connection.execute("PRAGMA busy_timeout = 0")
+
+    def ack(number):
+        try:
+            store.ack_batch(KEY, number, 1, 0)
+        except StateError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=ack, args=(number,), daemon=True) for number in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+    blocker.rollback()
+    blocker.close()
+    assert len(errors) == 4 and len({id(error) for error in errors}) == 4
+    assert all("locked" in str(error) for error in errors)
+    assert store.ack_batch(KEY, 0, 1, 0) is True   # the file is free again: the next ack commits
+    assert store.get(KEY).batches_acked == 1
 
 
 @pytest.mark.parametrize("status", FINAL)
@@ -316,6 +368,30 @@ def test_acks_printed_before_kill_9_are_all_committed(path):
     assert len(acked) - len(printed) <= 1
     assert (partitions, record.status, record.batches_acked) == (4, WorkflowStatus.IN_PROGRESS, len(acked))
     assert (record.rows_delivered, record.rows_rejected) == (75 * len(acked), len(acked))
+
+
+def test_grouped_acks_printed_before_kill_9_are_all_committed(path):
+    child = subprocess.Popen([sys.executable, "-c", KILLED_THREADED_CHILD, path], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    printed = []
+    while len(printed) < 200:
+        line = child.stdout.readline()
+        if not line:
+            break
+        if line.startswith("acked "):
+            printed.append(int(line.split()[1]))
+    os.kill(child.pid, signal.SIGKILL)
+    remaining, errors = child.communicate()
+    assert child.returncode == -signal.SIGKILL, errors
+    printed += [int(line.split()[1]) for line in remaining.splitlines() if line.startswith("acked ")]
+    key = WorkflowKey("rpi", "Braze Append", "Offer", "wf-kill")
+    with StateStore(path) as store:
+        record = store.get(key)
+        _, acked = store.begin(key, 9)
+    assert len(printed) >= 200
+    assert set(printed) <= acked
+    assert len(acked) - len(printed) <= 8   # at most one ack per thread was committed but not yet printed
+    assert (record.batches_acked, record.rows_delivered) == (len(acked), 75 * len(acked))
 
 
 def damage_random(path, tmp_path):
