@@ -45,6 +45,7 @@ class Result:
     sink_cpu_seconds: float
     load_before: float  # 1-minute load average when the run started: other work skews wall times
     ok: bool
+    reading_cpu_seconds: float = 0.0   # of the reading child processes, included in cpu_seconds
 
     @property
     def rows_per_second(self) -> float:
@@ -75,7 +76,7 @@ def run_child(label: str, latency_ms: float, sink: harness.Sink, command: list[s
               f"rows; see {log_path}", file=sys.stderr)
     result = Result(label, latency_ms, stats["objects"], stats["requests"], measured.wall_seconds,
                     measured.cpu_seconds, measured.peak_rss_mb, stats["window_seconds"],
-                    stats["cpu_seconds"] - before, load, ok)
+                    stats["cpu_seconds"] - before, load, ok, measured.children_cpu_seconds)
     print(f"  {label}: {result.rows_per_second:,.0f} rows/s, {result.requests_per_second:,.0f} req/s, "
           f"{result.cpu_seconds:.1f} CPU s, {result.peak_rss_mb:.0f} MB", file=sys.stderr, flush=True)
     return result
@@ -105,14 +106,15 @@ def parse_rate(text: str) -> dict:
 
 def print_table(results: list[Result]) -> None:
     print(f"\n{'run':34} {'rows':>9} {'wall s':>7} {'rows/s':>8} {'req/s':>6} {'req/s*':>6} "
-          f"{'CPU s':>6} {'µs/row':>6} {'RSS MB':>6} {'sink CPU':>8} {'load':>5}")
+          f"{'CPU s':>6} {'read s':>6} {'µs/row':>6} {'RSS MB':>6} {'sink CPU':>8} {'load':>5}")
     for result in results:
         print(f"{result.label + ('' if result.ok else ' FAILED'):34} {result.rows:>9,} {result.wall_seconds:>7.1f} "
               f"{result.rows_per_second:>8,.0f} {result.requests_per_second:>6,.0f} "
               f"{result.window_requests_per_second:>6,.0f} {result.cpu_seconds:>6.1f} "
-              f"{result.cpu_seconds / result.rows * 1e6:>6.1f} {result.peak_rss_mb:>6.0f} "
+              f"{result.reading_cpu_seconds:>6.1f} {result.cpu_seconds / result.rows * 1e6:>6.1f} {result.peak_rss_mb:>6.0f} "
               f"{result.sink_cpu_seconds:>8.1f} {result.load_before:>5.1f}")
     print("req/s* = requests over the sink's first-to-last-request window (startup excluded); "
+          "read s = CPU s of the reading processes (part of CPU s; the rest is the sending process); "
           "load = 1-minute load average at the start")
 
 

@@ -92,39 +92,48 @@ def write_config(run_dir: str, sink_url: str, base: str, concurrency: int, rate_
 
 @dataclass(frozen=True)
 class Measured:
-    """One child process: exit status, wall seconds, user+system CPU seconds, peak RSS in MB."""
+    """One child process: exit status, wall seconds, user+system CPU seconds (with its children's),
+    peak RSS in MB, and the CPU seconds of its children alone (rpi2braze's reading processes)."""
 
     returncode: int
     wall_seconds: float
     cpu_seconds: float
     peak_rss_mb: float
+    children_cpu_seconds: float = 0.0
 
 
 def measure(command: list[str], log_path: str, env: dict | None = None) -> Measured:
     """Run `command` (stdout and stderr to `log_path`) and measure it with wait4's rusage, which
     covers exactly that child and its own children (the reading process), and none of this
     process's other children, like the sink. Peak RSS is the larger of wait4's (the biggest single
-    process) and the peak of the tree's summed RSS, sampled every 50 ms."""
+    process) and the peak of the tree's summed RSS, sampled every 50 ms. The children's CPU is
+    their last sample (up to 50 ms short): which side of the pipe is the limit."""
     with open(log_path, "wb") as log:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        sampler = TreeRss(process.pid)
+        sampler = TreeSampler(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
         sampler.stop()
     process.returncode = os.waitstatus_to_exitcode(status)
     return Measured(process.returncode, wall, usage.ru_utime + usage.ru_stime,
-                    max(usage.ru_maxrss / 1024, sampler.peak_mb))
+                    max(usage.ru_maxrss / 1024, sampler.peak_mb), sampler.children_cpu_seconds)
 
 
-class TreeRss:
-    """Samples the summed VmRSS of a process and its direct children until stopped."""
+class TreeSampler:
+    """Samples the summed VmRSS of a process and its direct children, and each child's CPU
+    seconds, until stopped."""
 
     def __init__(self, pid: int, interval: float = 0.05):
         self.pid, self.interval, self.peak_mb = pid, interval, 0.0
+        self._children_cpu: dict[int, float] = {}
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    @property
+    def children_cpu_seconds(self) -> float:
+        return sum(self._children_cpu.values())
 
     def stop(self) -> None:
         self._stopped.set()
@@ -132,8 +141,10 @@ class TreeRss:
 
     def _run(self) -> None:
         while not self._stopped.wait(self.interval):
-            pids = [self.pid, *_children(self.pid)]
-            self.peak_mb = max(self.peak_mb, sum(_rss_kb(pid) for pid in pids) / 1024)
+            children = _children(self.pid)
+            self.peak_mb = max(self.peak_mb, sum(_rss_kb(pid) for pid in [self.pid, *children]) / 1024)
+            for child in children:
+                self._children_cpu[child] = max(self._children_cpu.get(child, 0.0), _cpu_seconds(child))
 
 
 def _children(pid: int) -> list[int]:
@@ -143,6 +154,16 @@ def _children(pid: int) -> list[int]:
                 for child in open(f"/proc/{pid}/task/{task}/children").read().split()]
     except OSError:
         return []
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _rss_kb(pid: int) -> int:
