@@ -111,7 +111,7 @@ def print_table(results: list[Result]) -> None:
         print(f"{result.label + ('' if result.ok else ' FAILED'):34} {result.rows:>9,} {result.wall_seconds:>7.1f} "
               f"{result.rows_per_second:>8,.0f} {result.requests_per_second:>6,.0f} "
               f"{result.window_requests_per_second:>6,.0f} {result.cpu_seconds:>6.1f} "
-              f"{result.reading_cpu_seconds:>6.1f} {result.cpu_seconds / result.rows * 1e6:>6.1f} {result.peak_rss_mb:>6.0f} "
+              f"{result.reading_cpu_seconds:>6.1f} {result.cpu_seconds / max(result.rows, 1) * 1e6:>6.1f} {result.peak_rss_mb:>6.0f} "
               f"{result.sink_cpu_seconds:>8.1f} {result.load_before:>5.1f}")
     print("req/s* = requests over the sink's first-to-last-request window (startup excluded); "
           "read s = CPU s of the reading processes (part of CPU s; the rest is the sending process); "
@@ -127,7 +127,10 @@ def verdict(name: str, value: float, target: float, higher_is_better: bool = Tru
 def print_verdicts(by_key: dict, rows: int, rate: dict, rss_rows: int | None) -> None:
     print()
     fast, slow = by_key.get(("rpi2braze", rows, 0)), by_key.get(("rpi2braze", rows, 50))
-    naive_fast, naive_slow = by_key.get(("naive", 0)), by_key.get(("naive", 50))
+    # a failed run is in the table, marked FAILED, but gives no verdict
+    fast, slow = (run if run and run.ok else None for run in (fast, slow))
+    naive_fast, naive_slow = (run if run and run.ok else None for run in (by_key.get(("naive", 0)),
+                                                                         by_key.get(("naive", 50))))
     if fast:
         print(verdict("rows/s, no latency", fast.rows_per_second, TARGET_ROWS_PER_SECOND))
         print(verdict("peak RSS", fast.peak_rss_mb, TARGET_PEAK_RSS_MB, False, " MB"))
@@ -143,7 +146,7 @@ def print_verdicts(by_key: dict, rows: int, rate: dict, rss_rows: int | None) ->
         print(verdict("ratio to naive, 50 ms", slow.rows_per_second / naive_slow.rows_per_second,
                       TARGET_RATIO_AT_LATENCY, unit="x"))
     big = by_key.get(("rpi2braze", rss_rows, 0)) if rss_rows else None
-    if fast and big:
+    if fast and big and big.ok:
         growth = big.peak_rss_mb / fast.peak_rss_mb - 1
         print(verdict(f"peak RSS growth {rows:,} -> {rss_rows:,} rows", growth * 100, TARGET_RSS_GROWTH * 100,
                       False, " %"))
