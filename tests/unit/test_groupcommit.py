@@ -61,16 +61,23 @@ def test_a_lone_item_is_committed_alone_and_gets_its_result():
     assert recorder.groups == [[21]]
 
 
-def test_items_that_arrive_during_a_commit_share_the_next_one():
-    recorder = Recorder()
+def submit_behind_a_held_commit(recorder, later_items):
+    """Submit 1 and hold its commit; queue `later_items` behind it, then let it go. Return the
+    results of 1 and of the later items once every thread returned."""
     recorder.hold.clear()
     group_commit = GroupCommit(recorder)
     first, first_threads = submit_in_threads(group_commit, [1])
     assert recorder.inside.wait(DEADLINE_SECONDS)
-    later, later_threads = submit_in_threads(group_commit, [2, 3, 4])
-    wait_until(lambda: len(group_commit._queued) == 3, "three queued items")
+    later, later_threads = submit_in_threads(group_commit, later_items)
+    wait_until(lambda: len(group_commit._queued) == len(later_items), "the later items queued")
     recorder.hold.set()
     join_all(first_threads + later_threads)
+    return first, later
+
+
+def test_items_that_arrive_during_a_commit_share_the_next_one():
+    recorder = Recorder()
+    first, later = submit_behind_a_held_commit(recorder, [2, 3, 4])
     assert recorder.groups[0] == [1]
     assert sorted(recorder.groups[1]) == [2, 3, 4]
     assert len(recorder.groups) == 2
@@ -80,15 +87,7 @@ def test_items_that_arrive_during_a_commit_share_the_next_one():
 def test_an_exception_outcome_is_raised_only_in_its_own_caller():
     def outcome(item):
         return ValueError(f"bad {item}") if item == 3 else item
-    recorder = Recorder(outcome)
-    recorder.hold.clear()
-    group_commit = GroupCommit(recorder)
-    _, first_threads = submit_in_threads(group_commit, [1])
-    assert recorder.inside.wait(DEADLINE_SECONDS)
-    results, threads = submit_in_threads(group_commit, [2, 3, 4])
-    wait_until(lambda: len(group_commit._queued) == 3, "three queued items")
-    recorder.hold.set()
-    join_all(first_threads + threads)
+    _, results = submit_behind_a_held_commit(Recorder(outcome), [2, 3, 4])
     assert results[2] == 2 and results[4] == 4
     assert isinstance(results[3], ValueError) and str(results[3]) == "bad 3"
 

@@ -343,12 +343,13 @@ def test_a_second_store_on_the_same_file_sees_everything(path):
         assert reopened.begin(KEY, 2) == (2, frozenset({0}))
 
 
-def test_acks_printed_before_kill_9_are_all_committed(path):
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_CHILD, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def acks_printed_until_killed(script: str, path: str, count: int) -> list[int]:
+    """Run `script` on the state file at `path`, SIGKILL it once it printed `count` acks; return
+    every ack number it printed."""
+    child = subprocess.Popen([sys.executable, "-c", script, path], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     printed = []
-    while len(printed) < 20:
+    while len(printed) < count:
         line = child.stdout.readline()
         if not line:
             break
@@ -357,41 +358,25 @@ def test_acks_printed_before_kill_9_are_all_committed(path):
     os.kill(child.pid, signal.SIGKILL)
     remaining, errors = child.communicate()
     assert child.returncode == -signal.SIGKILL, errors
-    printed += [int(line.split()[1]) for line in remaining.splitlines() if line.startswith("acked ")]
+    return printed + [int(line.split()[1]) for line in remaining.splitlines() if line.startswith("acked ")]
+
+
+@pytest.mark.parametrize("script, threads", [(KILLED_CHILD, 1), (KILLED_THREADED_CHILD, 8)],
+                         ids=["one-thread", "eight-threads-grouped"])
+def test_acks_printed_before_kill_9_are_all_committed(path, script, threads):
+    printed = acks_printed_until_killed(script, path, 25 * threads)
     key = WorkflowKey("rpi", "Braze Append", "Offer", "wf-kill")
     with StateStore(path) as store:
         record = store.get(key)
         partitions, acked = store.begin(key, 9)
-    assert len(printed) >= 20
+    assert len(printed) >= 25 * threads
     assert set(printed) <= acked
-    assert acked == frozenset(range(len(acked)))  # at most the one ack in flight is beyond the printed ones
-    assert len(acked) - len(printed) <= 1
+    for first in range(threads):   # thread `first` acks first, first + threads, ...: none skipped
+        own = sorted(number for number in acked if number % threads == first)
+        assert own == list(range(first, first + threads * len(own), threads))
+    assert len(acked) - len(printed) <= threads   # at most one committed, unprinted ack per thread
     assert (partitions, record.status, record.batches_acked) == (4, WorkflowStatus.IN_PROGRESS, len(acked))
     assert (record.rows_delivered, record.rows_rejected) == (75 * len(acked), len(acked))
-
-
-def test_grouped_acks_printed_before_kill_9_are_all_committed(path):
-    child = subprocess.Popen([sys.executable, "-c", KILLED_THREADED_CHILD, path], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    printed = []
-    while len(printed) < 200:
-        line = child.stdout.readline()
-        if not line:
-            break
-        if line.startswith("acked "):
-            printed.append(int(line.split()[1]))
-    os.kill(child.pid, signal.SIGKILL)
-    remaining, errors = child.communicate()
-    assert child.returncode == -signal.SIGKILL, errors
-    printed += [int(line.split()[1]) for line in remaining.splitlines() if line.startswith("acked ")]
-    key = WorkflowKey("rpi", "Braze Append", "Offer", "wf-kill")
-    with StateStore(path) as store:
-        record = store.get(key)
-        _, acked = store.begin(key, 9)
-    assert len(printed) >= 200
-    assert set(printed) <= acked
-    assert len(acked) - len(printed) <= 8   # at most one ack per thread was committed but not yet printed
-    assert (record.batches_acked, record.rows_delivered) == (len(acked), 75 * len(acked))
 
 
 def damage_random(path, tmp_path):
