@@ -77,6 +77,8 @@ class GroupCommit(Generic[Item, Result]):
         """Take back an interrupted thread's item; if the next group was this thread's to commit,
         hand it to the next thread in the queue: nobody else would commit it."""
         with self._lock:
+            if entry.done:   # its group was committed, or failed, and handed on already
+                return
             if entry in self._queued:
                 self._queued.remove(entry)
             successor = self._next_leader() if entry.leads else None
@@ -86,21 +88,34 @@ class GroupCommit(Generic[Item, Result]):
 
     def _lead(self, entry: _Entry[Item]) -> None:
         """Commit everything queued (`entry`, this thread's, is first); then wake that group and
-        hand the next group, if any arrived meanwhile, to the first of its threads."""
-        with self._lock:
-            group, self._queued = self._queued, []
-            entry.leads = False   # from here on, the group's outcome is this method's to deliver
+        hand the next group, if any arrived meanwhile, to the first of its threads. Whatever
+        happens once the group is taken, even Ctrl-C, its threads are woken (`finally`)."""
+        group: list[_Entry[Item]] = []
+        outcomes: list[object] = []
         try:
+            with self._lock:
+                group, self._queued = self._queued, []
+                entry.leads = False   # from here on, the group's outcome is this method's to deliver
             outcomes = list(self._commit([member.item for member in group]))
             if len(outcomes) != len(group):
                 raise RuntimeError(f"commit returned {len(outcomes)} outcomes for {len(group)} items")
-        except BaseException as error:   # KeyboardInterrupt too: no waiting thread may wait forever
-            outcomes = [error] + [_failed(error) for _ in group[1:]]   # this thread raises the original
+        except BaseException as error:   # this thread raises the original; the others their own
+            if not group:   # interrupted before it took the group: submit withdraws its entry
+                raise
+            outcomes = [error] + [_failed(error) for _ in group[1:]]
+        finally:
+            if group:
+                self._deliver(group, outcomes)
+
+    def _deliver(self, group: list[_Entry[Item]], outcomes: list[object]) -> None:
+        """Give each entry of `group` its outcome and wake its thread; hand on the next group."""
+        if len(outcomes) != len(group):   # interrupted before the commit returned
+            outcomes = [_failed(KeyboardInterrupt()) for _ in group]
         for member, outcome in zip(group, outcomes):
             member.outcome, member.done = outcome, True
         with self._lock:
             successor = self._next_leader()
-        for member in group[1:]:
+        for member in group[1:]:   # group[0] is the leading thread's own entry: it is not waiting
             member.wake.release()
         if successor is not None:
             successor.wake.release()

@@ -193,7 +193,8 @@ class StateStore:
     def _write_ack(self, connection: sqlite3.Connection, ack: _Ack) -> bool | StateError:
         """Return what ack_batch returns for `ack`, or the StateError it raises. Any SQLite error
         here is the file's, not the ack's: it fails the transaction, so nothing half-written stays."""
-        if not all(0 <= value < MAX_INTEGER for value in ack[1:]):
+        if not all(isinstance(value, int) and 0 <= value < MAX_INTEGER
+                   for value in (ack.number, ack.rows_delivered, ack.rows_rejected)):
             return StateError(f"batch number and row counts must be between 0 and {MAX_INTEGER - 1}, "
                               f"got {ack.number}, {ack.rows_delivered}, {ack.rows_rejected}")
         try:
