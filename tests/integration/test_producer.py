@@ -1,6 +1,7 @@
 """A big folder is read, mapped and batched by a child process: the same batches, the same errors."""
 
 import dataclasses
+import io
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from daemon_helpers import environment, local_source, status, wait_for, write_config
 from delivery_helpers import HEADER, UPSERT, export_rows, write_export
-from rpi2braze.children import produce_in_children
+from rpi2braze.children import PIPE_BYTES, produce_in_children
 from rpi2braze.errors import BadFileError, ProductionFailed, SourceError, SourceUnavailable
 from rpi2braze.files import data_files
 from rpi2braze.model import ExportFolder, FileEntry, WorkflowKey
@@ -20,6 +21,7 @@ from rpi2braze.producer import Job, produce, runs_in_child
 from rpi2braze.sandbox import Faults, SandboxServer
 from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources.local import LocalSource
+from rpi2braze.wire import batch_message, write_message
 
 OFFER = "Child Offer"
 
@@ -159,6 +161,25 @@ def test_leaving_early_stops_every_child(tmp_path, processes):
     assert len(started) == processes
     assert not any(alive(pid) for pid in started)
     assert not [thread.name for thread in threading.enumerate() if thread.name.startswith("reading-")]
+
+
+def test_the_child_writes_many_batches_ahead_of_a_slow_reader(tmp_path):
+    # The pipe holds a MiB: a child whose output fits writes it all and exits while this process
+    # reads nothing more. In Linux's default 64 KiB pipe it would wait for a reader, and so sit
+    # idle whenever the sending process is slow to read (bench/README.md: at 50 ms, ~1,000 waits).
+    write_export(tmp_path, OFFER, "7010", export_rows("w", 1_500))
+    job, source = job_for(tmp_path, "7010")
+    with produce(job, source) as (header, batches):
+        output = io.BytesIO()
+        write_message(output, ("header", header))
+        for batch in batches:
+            write_message(output, batch_message(batch))
+    assert 4 * 64 * 1024 < len(output.getvalue()) < PIPE_BYTES - 128 * 1024   # between the two pipes
+    before = children_of(os.getpid())
+    with produce_in_children(job) as (_, batches):
+        (child,) = children_of(os.getpid()) - before
+        wait_for(lambda: not alive(child), timeout=20, what="the child to write everything and exit")
+        assert sum(batch.row_count for batch in batches) == 1_500
 
 
 def test_the_children_exit_when_the_daemon_is_killed(tmp_path):
