@@ -173,8 +173,8 @@ class StateStore:
         """Record batch `number` of `key` as acknowledged and add its counts to the workflow's totals.
 
         Return True if recorded now, False if that number was already acknowledged (nothing changes),
-        in either case only once it is on disk. Raise StateError if `key` is unknown or a number or
-        count is negative. Calls from several threads at once are committed together.
+        in either case only once it is on disk. Raise StateError if `key` is unknown, or a number or
+        count is not an integer in [0, 2**63). Calls from several threads at once are committed together.
         """
         try:
             return self._acks.submit(_Ack(key, number, rows_delivered, rows_rejected))
