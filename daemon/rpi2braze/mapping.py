@@ -173,11 +173,11 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
 
 def row_external_id(plan: ColumnPlan, row: RawRow) -> str | None:
     """The external_id map_row would read from `row`, without mapping it; None if it has none."""
-    values = row.values
-    layout = plan.exact if len(values) == plan.exact.width else plan.shifted
-    if layout is None or len(values) != layout.width:
+    try:
+        layout = _layout_for(plan, len(row.values))
+    except RowRejected:   # its length fits no layout
         return None
-    return values[layout.id_index].strip() or None
+    return row.values[layout.id_index].strip() or None
 
 
 def _remember(memo: dict, value: str, converted: object) -> object:
