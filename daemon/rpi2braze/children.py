@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterator
 from rpi2braze.errors import ProductionFailed
 from rpi2braze.log import get_logger
 from rpi2braze.model import Batch, WorkflowKey
-from rpi2braze.producer import ERROR_KINDS, Job, Production
+from rpi2braze.producer import ERROR_KINDS, Headers, Job, Production
 from rpi2braze.wire import batch_of, read_messages
 
 # Every process reads and parses the whole file, so more than a few only burn CPU: the senders
@@ -65,7 +65,7 @@ def produce_in_children(job: Job, processes: int = 1, stop: threading.Event | No
                        for index in range(processes)]
             merged = _Merge([_then_ended(read_messages(output)) for output in outputs], job.folder.key, stop)
             stack.callback(merged.close)
-            yield merged.header(), merged.batches()
+            yield merged.headers(), merged.batches()
     finally:   # the children are dead now: their threads read the end of the pipes and return
         if merged is not None:
             merged.join(_JOIN_SECONDS)
@@ -111,11 +111,11 @@ class _Merge:
         for thread in self._threads:
             thread.start()
 
-    def header(self) -> tuple[str, ...]:
-        """The header, once every child has opened and planned every file (a bad file anywhere
+    def headers(self) -> Headers:
+        """Every file's header, once every child has opened and planned every file (a bad file anywhere
         raises before anything is sent). Until then each thread queues its child's first message
         only, so the queue holds no batch that would have to be put aside."""
-        headers: dict[int, tuple[str, ...]] = {}
+        headers: dict[int, Headers] = {}
         while len(headers) < self._count:
             index, message = self._next()
             headers[index] = _expect(message, "header")

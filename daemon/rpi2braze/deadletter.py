@@ -2,7 +2,9 @@
 
 One file per workflow below the dead-letter directory: `<directory>/<source>/<name>.csv`. The
 columns are `file`, `line`, `reason`, then the export's own header, so an operator can fix the
-rows and feed them back. The rows hold personal data: files are 0600, directories 0700.
+rows and feed them back. A folder whose data files have different headers gets every column of
+every file, by name, in the order they first appear. The rows hold personal data: files are
+0600, directories 0700.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import hashlib
 import os
 import re
 import threading
-from typing import Iterable, TextIO
+from typing import Iterable, Sequence, TextIO
 
 from rpi2braze.errors import StateError
 from rpi2braze.model import Rejection, WorkflowKey
@@ -49,14 +51,15 @@ def _safe_name(text: str) -> str:
 class DeadLetterWriter:
     """Appends rejections to one dead-letter CSV; usable as a context manager, safe across threads.
 
-    The file is created on the first rejection written (no empty files), with mode 0600 from
-    the start. The header is written only when the file is empty, so a restart that appends to
-    an existing file does not repeat it.
+    `headers` holds (file name, header) for each data file of the folder. The file is created
+    on the first rejection written (no empty files), with mode 0600 from the start. The header
+    is written only when the file is empty, so a restart that appends to an existing file does
+    not repeat it.
     """
 
-    def __init__(self, path: str, header: tuple[str, ...]):
+    def __init__(self, path: str, headers: Sequence[tuple[str, tuple[str, ...]]]):
         self.path = path
-        self.header = tuple(header)
+        self.header, self._places = _columns(headers)
         self._file: TextIO | None = None
         self._writer = None
         self._closed = False
@@ -73,7 +76,7 @@ class DeadLetterWriter:
             written = 0
             try:
                 for rejection in rejections:
-                    self._open_once().writerow(_record(rejection))
+                    self._open_once().writerow(self._record(rejection))
                     written += 1
                 if written:
                     self._file.flush()
@@ -112,10 +115,39 @@ class DeadLetterWriter:
                 self._writer.writerow(DEADLETTER_COLUMNS + self.header)
         return self._writer
 
+    def _record(self, rejection: Rejection) -> tuple:
+        """The CSV record of a rejection: its values under their own columns' names. A row whose
+        width is not its file's header's (ragged, or with RPI's unnamed prepended values) is
+        written as it was read."""
+        row = rejection.row
+        places = self._places.get(row.file)
+        if places is None or len(places) != len(row.values):
+            return (row.file, row.line, rejection.reason, *row.values)
+        values = [""] * len(self.header)
+        for place, value in zip(places, row.values):
+            values[place] = value
+        return (row.file, row.line, rejection.reason, *values)
 
-def _record(rejection: Rejection) -> tuple:
-    row = rejection.row
-    return (row.file, row.line, rejection.reason, *row.values)
+
+def _columns(headers: Sequence[tuple[str, tuple[str, ...]]]) -> tuple[tuple[str, ...], dict]:
+    """The union of the files' headers, by name in first-seen order (a name twice in one header
+    is two columns), and where each file's columns go in it: None where the file's header is
+    the union, as for every file of a folder whose files share one header."""
+    union: list[str] = []
+    places: dict[str, tuple[int, ...] | None] = {}
+    for file_name, header in headers:
+        seen: dict[str, int] = {}
+        columns = []
+        for name in header:
+            occurrence = seen[name] = seen.get(name, -1) + 1
+            matches = [index for index, column in enumerate(union) if column == name]
+            if occurrence >= len(matches):
+                union.append(name)
+                matches.append(len(union) - 1)
+            columns.append(matches[occurrence])
+        places[file_name] = tuple(columns)
+    whole = tuple(range(len(union)))
+    return tuple(union), {name: None if columns == whole else columns for name, columns in places.items()}
 
 
 def _make_private_directories(directory: str) -> None:

@@ -64,20 +64,23 @@ class Job:
     shard: tuple[int, int] = (0, 1)
 
 
-Production = tuple[tuple[str, ...], Iterator[Batch]]   # the first file's header, the batches
+Headers = tuple[tuple[str, tuple[str, ...]], ...]   # (file name, header) of each data file, in order
+Production = tuple[Headers, Iterator[Batch]]
 
 
 @contextlib.contextmanager
 def produce(job: Job, source: Source) -> Iterator[Production]:
     """Open every data file of the folder through `source` and plan its columns before anything
-    is produced (a bad second file sends nothing); yield the first file's header and an iterator
-    of the batches not in `job.acked`, numbered deterministically. Raise BadFileError if a file
+    is produced (a bad second file sends nothing); yield every file's header, as
+    ((file name, header), ...), and an iterator of the batches not in `job.acked`, numbered
+    deterministically. Raise BadFileError if a file
     cannot be read, SourceError if the source fails."""
     with contextlib.ExitStack() as stack:
         tables = _open_tables(stack, job, source)
         batches = build_batches(_items(tables, job), job.folder.key, job.partitions, job.max_objects, job.max_bytes,
                                 job.shard)
-        yield tables[0][0].header, (batch for batch in batches if batch.number not in job.acked)
+        headers = tuple((entry.name, table.header) for entry, (table, _) in zip(job.folder.data_files, tables))
+        yield headers, (batch for batch in batches if batch.number not in job.acked)
 
 
 def _open_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> list[tuple[Table, ColumnPlan]]:
@@ -131,8 +134,8 @@ def _serve(job: Job, output: BinaryIO) -> None:
             raise SourceError(f"rpi2braze {__version__} is installed but {job.version} is running: "
                               "the folder waits for the daemon's restart")
         with contextlib.closing(build_source(_child_source_settings(job.source_settings))) as source:
-            with produce(job, source) as (header, batches):
-                write_message(output, ("header", header))
+            with produce(job, source) as (headers, batches):
+                write_message(output, ("header", headers))
                 for batch in batches:
                     write_message(output, batch_message(batch))
         write_message(output, ("end",))

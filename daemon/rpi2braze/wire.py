@@ -3,7 +3,7 @@
 Each message is a 4-byte length, then a tuple of plain values (str, bytes, int, None and tuples
 of these) in `marshal` format:
 
-    ("header", header)
+    ("header", ((file name, header), ...))
     ("batch", number, partition, size_bytes, encoded, row_counts, packed_rows, rejected)
     ("end",)
     ("error", kind, text)

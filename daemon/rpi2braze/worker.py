@@ -99,9 +99,9 @@ class FolderDelivery:
             self._check_listing("the folder changed after it settled; it will be looked at again")
             self._partitions, acked = state.begin(
                 self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
-            with self._production(acked) as (header, batches):
+            with self._production(acked) as (headers, batches):
                 path = deadletter_path(os.path.join(self._context.state_dir, "deadletter"), self.key)
-                with DeadLetterWriter(path, header) as self._deadletter:
+                with DeadLetterWriter(path, headers) as self._deadletter:
                     try:
                         self._send_all(batches)
                     finally:  # batches in flight are recorded before the dead-letter file closes, whatever happened

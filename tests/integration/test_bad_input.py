@@ -5,6 +5,7 @@ state file, the dead-letter CSV and the sandbox's profiles are read back.
 """
 
 import csv
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -114,6 +115,24 @@ def test_a_bad_second_file_quarantines_the_folder_before_anything_is_sent(tmp_pa
     assert record.status == "quarantined"
     assert "RPI_Export_43.txt" in record.reason and "external_id" in record.reason
     assert sandbox.requests == [] and sandbox.store.all() == {}
+
+
+@pytest.mark.parametrize("in_child", [False, True], ids=["in_process", "child"])
+def test_bad_rows_of_files_with_different_headers_are_dead_lettered_under_their_own_columns(
+        tmp_path, sandbox, in_child):
+    sandbox.reset()
+    settings, _, folder = setup(tmp_path, sandbox, HEADER + GOOD + b"bad-1,not-an-email,a\n")
+    (folder / "RPI_Export_43.txt").write_bytes(b"Tier,email,external_id\nGold,three@example.com,ok-3\n"
+                                                b"Silver,also-not-an-email,bad-2\n")
+    if in_child:
+        settings = dataclasses.replace(settings, parse_process_min_bytes=0)
+    assert process_folders(settings, [str(folder)]) == 0
+    assert sorted(sandbox.store.all()) == ["ok-1", "ok-2", "ok-3"]
+    rows = sorted(deadletter_rows(tmp_path), key=lambda row: row["external_id"])
+    assert [{name: row[name] for name in ("file", "external_id", "email", "Note", "Tier")} for row in rows] == [
+        {"file": "RPI_Export_42.txt", "external_id": "bad-1", "email": "not-an-email", "Note": "a", "Tier": ""},
+        {"file": "RPI_Export_43.txt", "external_id": "bad-2", "email": "also-not-an-email", "Note": "",
+         "Tier": "Silver"}]
 
 
 def test_a_truncated_export_is_quarantined_not_called_delivered(tmp_path, sandbox):

@@ -35,9 +35,9 @@ def job_for(base: Path, workflow_id: str, partitions: int = 4, acked: frozenset[
     return Job(folder, settings, MappingSettings(), 75, 4_000_000, partitions, acked), source
 
 
-def produced(production) -> tuple[tuple[str, ...], list]:
-    header, batches = production
-    return header, [(batch.number, batch.partition, batch.rows, batch.encoded, batch.rejected, batch.size_bytes)
+def produced(production) -> tuple[tuple, list]:
+    headers, batches = production
+    return headers, [(batch.number, batch.partition, batch.rows, batch.encoded, batch.rejected, batch.size_bytes)
                     for batch in batches]
 
 
@@ -169,9 +169,9 @@ def test_the_child_writes_many_batches_ahead_of_a_slow_reader(tmp_path):
     # idle whenever the sending process is slow to read (bench/README.md: at 50 ms, ~1,000 waits).
     write_export(tmp_path, OFFER, "7010", export_rows("w", 1_500))
     job, source = job_for(tmp_path, "7010")
-    with produce(job, source) as (header, batches):
+    with produce(job, source) as (headers, batches):
         output = io.BytesIO()
-        write_message(output, ("header", header))
+        write_message(output, ("header", headers))
         for batch in batches:
             write_message(output, batch_message(batch))
     assert 4 * 64 * 1024 < len(output.getvalue()) < PIPE_BYTES - 128 * 1024   # between the two pipes
@@ -263,8 +263,8 @@ def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
     job = Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), 75, 4_000_000, 4)
     try:
         with pytest.raises(ProductionFailed, match="stopped while the reading processes were still reading"):
-            with produce_in_children(job, 1, stop) as (header, batches):
-                assert rows and header[2] == "external_id"
+            with produce_in_children(job, 1, stop) as (headers, batches):
+                assert rows and headers[0][0] == "RPI_Export_7012.txt" and headers[0][1][2] == "external_id"
                 stop.set()
                 next(batches)   # no batch is due: 150 rows in 4 partitions
     finally:

@@ -12,6 +12,7 @@ from rpi2braze.errors import StateError
 from rpi2braze.model import RawRow, Rejection, WorkflowKey
 
 HEADER = ("external_id", "email", "Output Name")
+HEADERS = (("RPI_Export_1.txt", HEADER),)
 SAFE_COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
@@ -72,7 +73,7 @@ def test_distinct_keys_get_distinct_paths(tmp_path, first, second):
 
 def test_private_modes_from_the_start(tmp_path, open_umask):
     path = str(tmp_path / "state" / "deadletter" / "rpi" / "w.csv")
-    with DeadLetterWriter(path, HEADER) as writer:
+    with DeadLetterWriter(path, HEADERS) as writer:
         assert writer.write([rejection(2, ["u1", "bad", "Out"])]) == 1
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     for directory in ("state", "state/deadletter", "state/deadletter/rpi"):
@@ -81,7 +82,7 @@ def test_private_modes_from_the_start(tmp_path, open_umask):
 
 def test_nothing_created_without_rejections(tmp_path):
     path = tmp_path / "deadletter" / "w.csv"
-    with DeadLetterWriter(str(path), HEADER) as writer:
+    with DeadLetterWriter(str(path), HEADERS) as writer:
         assert writer.write([]) == 0
         assert writer.write(iter(())) == 0
     assert not path.exists() and not path.parent.exists()
@@ -89,9 +90,9 @@ def test_nothing_created_without_rejections(tmp_path):
 
 def test_header_written_once_across_writers(tmp_path):
     path = str(tmp_path / "w.csv")
-    with DeadLetterWriter(path, HEADER) as writer:
+    with DeadLetterWriter(path, HEADERS) as writer:
         assert writer.write([rejection(2, ["u1", "a", "O"]), rejection(3, ["u2", "b", "O"])]) == 2
-    with DeadLetterWriter(path, HEADER) as writer:  # a restart appends
+    with DeadLetterWriter(path, HEADERS) as writer:  # a restart appends
         assert writer.write([rejection(4, ["u3", "c", "O"])]) == 1
     rows = read_rows(path)
     assert rows[0] == ["file", "line", "reason", *HEADER]
@@ -109,7 +110,7 @@ def test_content_round_trips(tmp_path):
         rejection(17, VALUES[3:], reason='reason with "quotes"\nand a newline', file="RPI Export, 2.txt"),
         Rejection(RawRow(30, (), error="unterminated quote", file="f.txt"), "unterminated quote"),
     ]
-    with DeadLetterWriter(path, HEADER) as writer:
+    with DeadLetterWriter(path, HEADERS) as writer:
         assert writer.write(rejections) == 3
     assert read_rows(path)[1:] == [
         ["RPI_Export_1.txt", "2", "email is not valid: a,b", *VALUES[:3]],
@@ -118,9 +119,35 @@ def test_content_round_trips(tmp_path):
     ]
 
 
+def test_files_with_different_headers_write_every_column_by_name(tmp_path):
+    path = str(tmp_path / "w.csv")
+    headers = (("a.txt", ("external_id", "email", "", "")),
+               ("b.txt", ("Loyalty Tier", "", "email", "external_id", "", "")))
+    with DeadLetterWriter(path, headers) as writer:
+        assert writer.write([rejection(2, ["u1", "bad", "p1", "p2"], file="a.txt"),
+                             rejection(3, ["Gold", "q1", "worse", "u2", "q2", "q3"], file="b.txt"),
+                             rejection(4, ["ragged", "row"], file="b.txt")]) == 3
+    assert read_rows(path) == [
+        ["file", "line", "reason", "external_id", "email", "", "", "Loyalty Tier", ""],
+        ["a.txt", "2", "bad email", "u1", "bad", "p1", "p2", "", ""],
+        ["b.txt", "3", "bad email", "u2", "worse", "q1", "q2", "Gold", "q3"],
+        ["b.txt", "4", "bad email", "ragged", "row"],
+    ]
+
+
+def test_files_sharing_a_header_write_it_once(tmp_path):
+    path = str(tmp_path / "w.csv")
+    headers = (("a.txt", HEADER), ("b.txt", HEADER), ("c.txt", HEADER[:2]))
+    with DeadLetterWriter(path, headers) as writer:
+        writer.write([rejection(2, ["u1", "x", "O"], file="b.txt"), rejection(3, ["u2", "y"], file="c.txt")])
+    assert read_rows(path) == [["file", "line", "reason", *HEADER],
+                               ["b.txt", "2", "bad email", "u1", "x", "O"],
+                               ["c.txt", "3", "bad email", "u2", "y", ""]]
+
+
 def test_unencodable_value_is_written_visibly(tmp_path):
     path = str(tmp_path / "w.csv")
-    with DeadLetterWriter(path, HEADER) as writer:
+    with DeadLetterWriter(path, HEADERS) as writer:
         assert writer.write([rejection(2, ["u1", "bad \udcff byte"])]) == 1
     assert read_rows(path)[1][3:] == ["u1", "bad \\udcff byte"]
 
@@ -130,7 +157,7 @@ def test_planted_symlink_is_refused(tmp_path):
     target.write_text("")
     link = tmp_path / "w.csv"
     link.symlink_to(target)
-    with DeadLetterWriter(str(link), HEADER) as writer, pytest.raises(StateError, match="dead-letter"):
+    with DeadLetterWriter(str(link), HEADERS) as writer, pytest.raises(StateError, match="dead-letter"):
         writer.write([rejection(2, ["u1"])])
     assert target.read_text() == ""
 
@@ -138,12 +165,12 @@ def test_planted_symlink_is_refused(tmp_path):
 def test_unwritable_location_raises_state_error(tmp_path):
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    with DeadLetterWriter(str(blocker / "w.csv"), HEADER) as writer, pytest.raises(StateError):
+    with DeadLetterWriter(str(blocker / "w.csv"), HEADERS) as writer, pytest.raises(StateError):
         writer.write([rejection(2, ["u1"])])
 
 
 def test_closed_writer_refuses_writes(tmp_path):
-    writer = DeadLetterWriter(str(tmp_path / "w.csv"), HEADER)
+    writer = DeadLetterWriter(str(tmp_path / "w.csv"), HEADERS)
     writer.write([rejection(2, ["u1"])])
     writer.close()
     writer.close()  # harmless
