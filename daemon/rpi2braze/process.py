@@ -79,9 +79,7 @@ def _process_one(settings: Settings, pipeline: Pipeline, path: str) -> bool:
         return False
     delivery = FolderDelivery(folder, source, source_settings, pipeline.context)
     if sys.stderr.isatty():
-        state.record_seen(folder.key, folder.location)
-        with Progress(state, folder.key, sys.stderr):
-            status = delivery.run()
+        status = delivery.run(watch=lambda: Progress(state, folder.key, sys.stderr))
     else:
         status = delivery.run()
     if delivery.busy_elsewhere:

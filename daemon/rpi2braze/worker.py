@@ -9,11 +9,12 @@ the senders and the state file shows the folder as pending, with Braze's answer 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
 from dataclasses import dataclass
-from typing import ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator
 
 from rpi2braze import __version__, archive, metrics
 from rpi2braze.children import processes_for, produce_in_children
@@ -79,12 +80,14 @@ class FolderDelivery:
         self._shown_refused = False
         self.busy_elsewhere = False   # run() found another process delivering this workflow
 
-    def run(self) -> WorkflowStatus:
+    def run(self, watch: Callable[[], ContextManager] = contextlib.nullcontext) -> WorkflowStatus:
         """Deliver the folder unless another rpi2braze process is delivering it (then return
-        PENDING and leave its state record alone: that process owns it)."""
+        PENDING and leave its state record alone: that process owns it). `watch()` is entered
+        once this process owns the workflow, for the delivery (a progress display)."""
         with self._context.locks.hold(self.key) as held:
             if held:
-                return self._run()
+                with watch():
+                    return self._run()
         log.warning("workflow_busy_elsewhere", workflow_id=self.key.workflow_id, source=self.key.source,
                     reason="another rpi2braze process (the daemon, or `process`) is delivering it")
         self.busy_elsewhere = True

@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from daemon_helpers import API_KEY, environment, local_source, wait_for, write_config
+from rpi2braze.locks import WorkflowLocks
+from rpi2braze.model import WorkflowKey
 from rpi2braze.sandbox.server import SandboxServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,12 +73,8 @@ def test_sandbox_command_serves_braze_and_stops_on_sigterm():
             process.wait()
 
 
-def test_process_shows_progress_on_a_terminal(tmp_path):
-    folder = tmp_path / "exports" / UPSERT / "Offer" / "42"
-    folder.mkdir(parents=True)
-    (folder / "RPI_Export_42.txt").write_text("external_id,email\nok-1,one@example.com\nok-2,two@example.com\n")
-    sandbox = SandboxServer(api_key=API_KEY).start()
-    config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+def process_on_a_terminal(config: str, folder) -> tuple[int, bytes]:
+    """Run `process FOLDER` with its stderr on a pseudo-terminal; its exit code and what it showed."""
     controller, terminal = pty.openpty()
     try:
         result = subprocess.run([sys.executable, "-m", "rpi2braze", "-c", config, "process", str(folder)],
@@ -93,12 +91,45 @@ def test_process_shows_progress_on_a_terminal(tmp_path):
                 break
             shown += chunk
     finally:
-        sandbox.stop()
         os.close(controller)
         if terminal is not None:
             os.close(terminal)
-    assert result.returncode == 0
+    return result.returncode, shown
+
+
+def write_small_export(tmp_path):
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "42"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_42.txt").write_text("external_id,email\nok-1,one@example.com\nok-2,two@example.com\n")
+    return folder
+
+
+def test_process_shows_progress_on_a_terminal(tmp_path):
+    folder = write_small_export(tmp_path)
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        code, shown = process_on_a_terminal(config, folder)
+    assert code == 0
     assert b"2 rows delivered, 0 rejected" in shown and b"rows/s" in shown
+
+
+def test_process_on_a_terminal_leaves_a_workflow_another_process_delivers_alone(tmp_path):
+    folder = write_small_export(tmp_path)
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        (tmp_path / "state").mkdir(mode=0o700)
+        locks = WorkflowLocks(str(tmp_path / "state"))   # as the daemon holds it while delivering
+        try:
+            with locks.hold(WorkflowKey("drop", UPSERT, "Offer", "42")) as held:
+                assert held
+                code, shown = process_on_a_terminal(config, folder)
+        finally:
+            locks.close()
+        assert not sandbox.requests
+    assert code == 1
+    assert b"being delivered by another rpi2braze process" in shown and b"rows delivered" not in shown
+    listed = rpi2braze("-c", config, "status", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []   # its record is the other process's
 
 
 def test_status_and_retry_refuse_a_missing_state_file_without_creating_it(tmp_path):
