@@ -19,3 +19,12 @@ def test_one_allowed_core_means_one_reading_process():
     script = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
              "from rpi2braze.children import processes_for; print(processes_for(64))"
     assert subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("allowed, partitions, expected", [(1, 64, 1), (2, 64, 1), (3, 64, 2), (5, 64, 4),
+                                                           (16, 64, MAX_PROCESSES), (16, 3, 3)])
+def test_the_count_follows_the_cores_this_process_may_use(monkeypatch, allowed, partitions, expected):
+    # The cores a process may use (its affinity, as a container or `taskset` sets it), not the
+    # machine's: pretended here, since this machine has too few cores to tell them apart.
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(allowed)))
+    assert processes_for(partitions) == expected
