@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from collections import Counter
+from typing import Callable, Iterable
 
 import orjson
 
@@ -77,20 +78,23 @@ class Layout:
 
 @dataclass(frozen=True)
 class ColumnPlan:
-    """What each column of one export becomes. `shifted` is the layout of rows that carry RPI's
-    two prepended values in front of a header that does not name them (None: not expected)."""
+    """What each column of one export becomes: `layout`, for rows of its width. `shifted`: the
+    file's rows carry RPI's two prepended values in front of a header that does not name them."""
 
     header: tuple[str, ...]
-    exact: Layout
-    shifted: Layout | None
+    layout: Layout
+    shifted: bool
     check_attributes_size: bool  # enough wide columns that the 100 KB limit can be reached
     # offer -> its rpi_offers value, one dict shared by every row: the batcher merges objects
     # into new ones and nothing downstream changes an object (tests/unit/test_mapping.py).
     offers: dict[str, dict] = field(default_factory=dict, compare=False)
 
 
-def plan_columns(header: tuple[str, ...], mapping: MappingSettings) -> ColumnPlan:
-    """Given an export's header and the mapping settings, return the plan `map_row` follows.
+def plan_columns(header: tuple[str, ...], mapping: MappingSettings, row_width: int | None = None) -> ColumnPlan:
+    """Given an export's header, the mapping settings and the width of its rows (most_common_width;
+    None: the header's), return the plan `map_row` follows. With `prepended_columns: auto`, rows
+    two values wider than a header that does not name RPI's two IDs carry them in front: that is
+    decided once per file, so one ragged row cannot move a row's values to other fields.
 
     Raise BadFileError, quoting the header, if no column is the external_id, two columns map to
     the same target, or a header cell is empty (other than RPI's two prepended columns).
@@ -103,13 +107,21 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings) -> ColumnPla
     columns = _targets(names, fields, mapping.prepended_columns == "auto")
     if "external_id" not in {target for _, target, _ in columns}:
         raise BadFileError(f"no external_id column in the header {_quoted(names)}")
-    memos = {target: {} for target in _MEMOISED}
-    exact = _layout(columns, len(names), types, memos)
-    shifted = None
-    if mapping.prepended_columns == "auto":
-        shifted = _shifted_layout(columns, len(names), types, memos)
-    worst_case = sum(len(key) + 4 + _MAX_VALUE_JSON_BYTES for _, key, _ in exact.attributes)
-    return ColumnPlan(names, exact, shifted, worst_case + 2 > MAX_ATTRIBUTES_BYTES)
+    shifted = (mapping.prepended_columns == "auto" and row_width == len(names) + 2
+               and not {target for _, target, _ in columns} & set(PREPENDED))
+    if shifted:
+        moved = [(index + 2, target, name) for index, target, name in columns]
+        columns = [(0, PREPENDED[0], ""), (1, PREPENDED[1], "")] + moved
+    layout = _layout(columns, len(columns), types)
+    worst_case = sum(len(key) + 4 + _MAX_VALUE_JSON_BYTES for _, key, _ in layout.attributes)
+    return ColumnPlan(names, layout, shifted, worst_case + 2 > MAX_ATTRIBUTES_BYTES)
+
+
+def most_common_width(rows: Iterable[RawRow]) -> int | None:
+    """The number of values most of these rows have (the fewest, among equally common ones);
+    None if no row could be read."""
+    widths = Counter(len(row.values) for row in rows if not row.error)
+    return min(widths, key=lambda width: (-widths[width], width)) if widths else None
 
 
 def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
@@ -118,15 +130,17 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
     normalised standard fields, the rpi_* arrays as {"add": [...]} (rpi_offers gets `offer`), and
     the other columns in rpi_cdp_attributes with "_merge_objects": true. Empty cells are left out.
 
-    Raise RowRejected, with the reason, if the reader could not parse the row, its length fits
-    no layout, it has no external_id, or a value breaks Braze's formats or limits; the first
+    Raise RowRejected, with the reason, if the reader could not parse the row, its length is not
+    the plan's, it has no external_id, or a value breaks Braze's formats or limits; the first
     such value in the order of the result's keys names the reason.
     """
     # One function on purpose: it runs for every row, and a call costs about as much as a cell.
     if row.error:
         raise RowRejected(row.error)
     values = row.values
-    layout = plan.exact if len(values) == plan.exact.width else _layout_for(plan, len(values))
+    layout = plan.layout
+    if len(values) != layout.width:
+        raise RowRejected(_width_problem(plan, len(values)))
     identifier = values[layout.id_index].strip()
     if not identifier:
         raise RowRejected(f"row has no external_id (column {layout.id_index + 1} is empty)")
@@ -173,11 +187,9 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
 
 def row_external_id(plan: ColumnPlan, row: RawRow) -> str | None:
     """The external_id map_row would read from `row`, without mapping it; None if it has none."""
-    try:
-        layout = _layout_for(plan, len(row.values))
-    except RowRejected:   # its length fits no layout
+    if len(row.values) != plan.layout.width:
         return None
-    return row.values[layout.id_index].strip() or None
+    return row.values[plan.layout.id_index].strip() or None
 
 
 def _remember(memo: dict, value: str, converted: object) -> object:
@@ -194,12 +206,11 @@ def _offer_add(plan: ColumnPlan, offer: str) -> dict:
     return plan.offers[offer]
 
 
-def _layout_for(plan: ColumnPlan, width: int) -> Layout:
-    if width == plan.exact.width:
-        return plan.exact
-    if plan.shifted is not None and width == plan.shifted.width:
-        return plan.shifted
-    raise RowRejected(f"row has {width} fields, header has {plan.exact.width}")
+def _width_problem(plan: ColumnPlan, width: int) -> str:
+    if plan.shifted:
+        return (f"row has {width} fields; this file's rows have {plan.layout.width}: RPI's two IDs, "
+                f"then the header's {len(plan.header)}")
+    return f"row has {width} fields, header has {len(plan.header)}"
 
 
 def _check_size(attributes: dict) -> None:
@@ -216,15 +227,6 @@ def _configured(settings: dict[str, str], allowed: tuple[str, ...], name: str) -
     if problems:
         raise ConfigError(problems)
     return {normalize.header_key(key): value for key, value in settings.items()}
-
-
-def _shifted_layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str],
-                    memos: dict[str, dict]) -> Layout | None:
-    """The layout of rows with RPI's two prepended values in front, unless the header names them."""
-    if {target for _, target, _ in columns} & set(PREPENDED):
-        return None
-    moved = [(index + 2, target, name) for index, target, name in columns]
-    return _layout([(0, PREPENDED[0], ""), (1, PREPENDED[1], "")] + moved, width + 2, types, memos)
 
 
 def _targets(names: tuple[str, ...], fields: dict[str, str],
@@ -253,8 +255,7 @@ def _targets(names: tuple[str, ...], fields: dict[str, str],
     return columns
 
 
-def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str],
-            memos: dict[str, dict]) -> Layout:
+def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str]) -> Layout:
     scalars, arrays, attributes = [], [], []
     id_index, phone_index = -1, None
     for index, target, name in columns:
@@ -263,7 +264,7 @@ def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, st
         elif target == "phone":
             phone_index = index
         elif target in _SCALAR_CONVERTERS:
-            scalars.append((index, target, _SCALAR_CONVERTERS[target], memos.get(target)))
+            scalars.append((index, target, _SCALAR_CONVERTERS[target], {} if target in _MEMOISED else None))
         elif target in ARRAY_FIELDS:
             arrays.append((index, target))
         else:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import pickle
 import signal
 import sys
@@ -31,7 +32,7 @@ from rpi2braze.errors import (
     BadFileError, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable,
 )
 from rpi2braze.log import get_logger
-from rpi2braze.mapping import ColumnPlan, map_row, plan_columns, row_external_id
+from rpi2braze.mapping import ColumnPlan, map_row, most_common_width, plan_columns, row_external_id
 from rpi2braze.model import Batch, ExportFolder, Rejection
 from rpi2braze.reader import Table, open_data_stream, read_table
 from rpi2braze.settings import MappingSettings, SourceSettings
@@ -40,6 +41,10 @@ from rpi2braze.sources.base import Source
 from rpi2braze.wire import batch_message, write_message
 
 log = get_logger(__name__)
+
+# Rows read ahead to learn a file's row width (RPI's prepended IDs: mapping.plan_columns). Every
+# row of an RPI export has one width, so a few suffice; more outvote more ragged rows among them.
+WIDTH_SAMPLE_ROWS = 100
 
 # Errors the child reports by kind, so this process raises the same class the in-process path would.
 ERROR_KINDS: dict[str, type[Rpi2BrazeError]] = {
@@ -89,13 +94,19 @@ def _open_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> list[
         raw = stack.enter_context(source.open_file(f"{job.folder.key.relpath}/{entry.name}"))
         stream = stack.enter_context(open_data_stream(raw, entry.name))
         try:
-            table = read_table(stream, job.source_settings.reading, entry.name)
-            tables.append((table, plan_columns(table.header, job.mapping)))
+            tables.append(_planned(read_table(stream, job.source_settings.reading, entry.name), job.mapping))
         except BadFileError as error:
             raise BadFileError(f"{entry.name}: {error}" if entry.name not in str(error) else str(error)) from None
     if not tables:
         raise BadFileError(f"{job.folder.location}: no data file")
     return tables
+
+
+def _planned(table: Table, mapping: MappingSettings) -> tuple[Table, ColumnPlan]:
+    """The table, its first rows read ahead, and its plan for the width most of those rows have."""
+    first_rows = list(itertools.islice(table.rows, WIDTH_SAMPLE_ROWS))
+    plan = plan_columns(table.header, mapping, most_common_width(first_rows))
+    return dataclasses.replace(table, rows=itertools.chain(first_rows, table.rows)), plan
 
 
 def _items(tables: list[tuple[Table, ColumnPlan]], job: Job) -> Iterator:

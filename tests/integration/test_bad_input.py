@@ -31,6 +31,10 @@ CASES = [
     ("duplicate headers", b"external_id,Email,email\nx,a@example.com,b@example.com\n", "quarantined", 0, 0, "email"),
     ("ragged row", HEADER + GOOD + b"bad-1,x@example.com,a,extra\n", "delivered", 2, 1, "fields"),
     ("short row", HEADER + GOOD + b"bad-1,x@example.com\n", "delivered", 2, 1, "fields"),
+    # two cells too many look like RPI's two prepended IDs, but the file's other rows do not have them
+    ("two cells too many", HEADER + GOOD + b"bad-1,x@example.com,Spring, Gold, VIP\n", "delivered", 2, 1, "fields"),
+    ("a row without RPI's IDs in a file with them", HEADER + b"81,5719,ok-1,one@example.com,a\n"
+     b"82,5719,ok-2,two@example.com,b\nbad-1,x@example.com,a\n", "delivered", 2, 1, "RPI's two IDs"),
     ("invalid UTF-8", HEADER + GOOD + b"bad-1,x@example.com,caf\xe9\n", "delivered", 2, 1, "UTF-8"),
     ("NUL byte", HEADER + GOOD + b"bad-1,x@example.com,a\x00b\n", "delivered", 2, 1, "NUL"),
     ("1 MB field", HEADER + GOOD + b"bad-1,x@example.com," + b"y" * 1_000_000 + b"\n", "delivered", 2, 1, "255"),

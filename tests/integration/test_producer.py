@@ -237,10 +237,11 @@ def test_the_child_ignores_sigterm_sent_to_its_group(tmp_path):
         assert numbers == [batch.number for batch in batches]
 
 
-@pytest.mark.parametrize("rows", [0, 150], ids=["before-the-header", "mid-file"])
+@pytest.mark.parametrize("rows", [0, 8000], ids=["before-the-header", "mid-file"])
 def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
     """A data file that stops (a FIFO whose writer goes quiet) must not hold up a warm stop,
-    whether the reading process has answered yet or not."""
+    whether the reading process has answered yet or not. (8,000 rows: more than one 256 KiB
+    read, which a FIFO only answers whole, so the child reads the rows it plans with first.)"""
     folder = tmp_path / UPSERT / OFFER / "7012"
     folder.mkdir(parents=True)
     os.mkfifo(folder / "RPI_Export_7012.txt")
@@ -260,13 +261,13 @@ def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
     settings = SourceSettings(name="drop", type="local", path=str(tmp_path))
     key = WorkflowKey("drop", UPSERT, OFFER, "7012")
     entry = FileEntry("RPI_Export_7012.txt", False, 0, 0.0)
-    job = Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), 75, 4_000_000, 4)
+    job = Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), 10_000, 4_000_000, 4)
     try:
         with pytest.raises(ProductionFailed, match="stopped while the reading processes were still reading"):
             with produce_in_children(job, 1, stop) as (headers, batches):
                 assert rows and headers[0][0] == "RPI_Export_7012.txt" and headers[0][1][2] == "external_id"
                 stop.set()
-                next(batches)   # no batch is due: 150 rows in 4 partitions
+                next(batches)   # no batch is due: 8,000 rows in 4 partitions of 10,000 objects
     finally:
         release.set()
         writer.join(10)

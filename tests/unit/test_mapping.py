@@ -6,7 +6,7 @@ import pytest
 from rpi2braze import mapping as mapping_module
 from rpi2braze.batcher import merge_objects
 from rpi2braze.errors import BadFileError, ConfigError, RowRejected
-from rpi2braze.mapping import map_row, plan_columns
+from rpi2braze.mapping import map_row, most_common_width, plan_columns
 from rpi2braze.model import ChannelMode, RawRow
 from rpi2braze.settings import MappingSettings
 
@@ -16,14 +16,14 @@ UPSERT_HEADER = ("RPContactID", "ChannelExecutionID", "external_id", "first_name
 
 
 def mapped(header, values, mapping=MappingSettings(), mode=ChannelMode.UPSERT, offer="Spring Offer",
-           region="US"):
-    plan = plan_columns(tuple(header), mapping)
+           region="US", row_width=None):
+    plan = plan_columns(tuple(header), mapping, row_width)
     return map_row(plan, RawRow(line=2, values=tuple(values)), offer, mode, region)
 
 
-def rejection(header, values, mapping=MappingSettings()):
+def rejection(header, values, mapping=MappingSettings(), row_width=None):
     with pytest.raises(RowRejected) as caught:
-        mapped(header, values, mapping)
+        mapped(header, values, mapping, row_width=row_width)
     return caught.value.reason
 
 
@@ -80,19 +80,35 @@ def test_unnamed_first_two_columns_are_rpi_prepended_ids():
     assert result["rpi_channel_exec_ids"] == {"add": ["5719"]}
 
 
-def test_rows_with_two_extra_leading_values_carry_the_prepended_ids():
+def test_a_file_whose_rows_have_two_extra_leading_values_carries_the_prepended_ids():
     header = ("external_id", "Output Name", "Education")
-    result = mapped(header, ("81", "5719", "u1", "Gold", "Masters"))
+    result = mapped(header, ("81", "5719", "u1", "Gold", "Masters"), row_width=5)
     assert result["external_id"] == "u1"
     assert result["rpi_contact_ids"] == {"add": ["81"]}
     assert result["rpi_channel_exec_ids"] == {"add": ["5719"]}
     assert result["rpi_cdp_attributes"] == {"education": "Masters"}
-    assert mapped(header, ("u2", "Gold", "PhD"))["rpi_cdp_attributes"] == {"education": "PhD"}
+    assert rejection(header, ("u2", "Gold", "PhD"), row_width=5) == (
+        "row has 3 fields; this file's rows have 5: RPI's two IDs, then the header's 3")
+
+
+def test_a_ragged_row_two_values_wide_is_rejected_in_a_file_of_rows_as_wide_as_the_header():
+    # "Spring, Gold" unquoted: read as RPI's IDs, it would name the user "Gold"
+    header = ("external_id", "Output Name")
+    for row_width in (2, None):
+        assert rejection(header, ("u-61", "Spring", " Gold", " VIP"), row_width=row_width) == (
+            "row has 4 fields, header has 2")
 
 
 def test_rows_with_two_extra_values_are_ragged_when_the_header_names_the_ids():
     header = ("RPContactID", "ChannelExecutionID", "external_id")
-    assert rejection(header, ("1", "2", "81", "5719", "u1")) == "row has 5 fields, header has 3"
+    assert rejection(header, ("1", "2", "81", "5719", "u1"), row_width=5) == "row has 5 fields, header has 3"
+
+
+@pytest.mark.parametrize("widths, expected", [
+    ([5, 5, 5], 5), ([3, 5, 5, 3, 5], 5), ([3, 5], 3), ([7, 7, 5, 5, 3], 5), ([], None), ([0], None)])
+def test_the_common_width_outvotes_ragged_rows_and_ignores_unreadable_ones(widths, expected):
+    rows = [RawRow(line, ("v",) * width, None if width else "unreadable") for line, width in enumerate(widths)]
+    assert most_common_width(rows) == expected
 
 
 @pytest.mark.parametrize("prepended_columns", ["header", "none"])
@@ -100,7 +116,7 @@ def test_prepended_columns_by_name_only(prepended_columns):
     mapping = MappingSettings(prepended_columns=prepended_columns)
     with pytest.raises(BadFileError, match="column 1 has no name"):
         plan_columns(("", "", "external_id"), mapping)
-    reason = rejection(("external_id", "Education"), ("81", "5719", "u1", "Masters"), mapping)
+    reason = rejection(("external_id", "Education"), ("81", "5719", "u1", "Masters"), mapping, row_width=4)
     assert reason == "row has 4 fields, header has 2"
 
 
