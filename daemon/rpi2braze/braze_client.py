@@ -196,6 +196,10 @@ class BrazeClient:
         except (OSError, http.client.HTTPException) as error:
             self._connection.close()   # in an unknown state: the next request opens a new one
             raise RetryableDeliveryError(f"no answer from Braze: {type(error).__name__}: {error}") from None
+        except ValueError:   # a header http.client refuses; its message would quote the API key
+            self._connection.close()
+            raise PermanentDeliveryError("the request could not be built: a header value is invalid "
+                                         "(check braze.api_key for a line break)") from None
         return classify(response.status, response.headers, content)
 
     def _drop_if_closed_by_server(self) -> None:

@@ -96,7 +96,8 @@ def _braze(values: Checked, checker: Checker, base_dir: str) -> BrazeSettings:
         checker.add("braze.ca_file", f"cannot read {ca_file}")
     return BrazeSettings(
         rest_endpoint=_endpoint(values.get("rest_endpoint"), values.get("allow_insecure_http", False), checker),
-        api_key=_secret(values, "api_key", "braze", checker, base_dir, required=True),
+        api_key=_header_value(_secret(values, "api_key", "braze", checker, base_dir, required=True),
+                              "braze.api_key", checker),
         rate_limit=RateLimit(**values.get("rate_limit", {})),
         ca_file=ca_file,
         **_pick(values, "allow_insecure_http", "concurrency", "timeout_seconds", "max_objects_per_request",
@@ -283,6 +284,20 @@ def _secret(values: Checked, key: str, path: str, checker: Checker, base_dir: st
     if required and not values.given & {key, file_key}:
         checker.add(key_path(path, key), f"is required (or {file_key})")
     return None
+
+
+def _header_value(secret: Secret | None, path: str, checker: Checker) -> Secret | None:
+    """The secret without surrounding whitespace (a Windows line end, a blank last line), or None
+    after recording a problem if it holds anything an HTTP header cannot carry as it is: a key
+    with a line break would reach an error message with the whole header."""
+    if secret is None:
+        return None
+    value = secret.reveal().strip()
+    if not value or not value.isascii() or not value.isprintable() or " " in value:
+        checker.add(path, "must be printable ASCII without spaces or line breaks, as Braze's REST API "
+                          "keys are (the value is not shown)")
+        return None
+    return Secret(value)
 
 
 def _read_secret(filename: str, path: str, checker: Checker) -> Secret | None:

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from rpi2braze.braze_client import BrazeClient
-from rpi2braze.errors import RetryableDeliveryError
+from rpi2braze.errors import PermanentDeliveryError, RetryableDeliveryError
 from rpi2braze.secret import Secret
 from rpi2braze.settings import BrazeSettings
 
@@ -118,6 +118,21 @@ def test_no_server_is_a_retryable_error_without_the_key():
         client.close()
     assert raised.value.status is None
     assert "secret-key" not in str(raised.value)
+
+
+@pytest.mark.parametrize("server", [_Handler], indirect=True)
+def test_a_key_no_header_can_carry_stops_delivery_without_showing_it(server):
+    # Config refuses such a key (test_config.py); this is what keeps it out of messages if one gets by.
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    client = BrazeClient(BrazeSettings(endpoint, Secret("secret-key\r"), allow_insecure_http=True, timeout_seconds=5))
+    try:
+        with pytest.raises(PermanentDeliveryError) as raised:
+            client.track(BODY)
+    finally:
+        client.close()
+    assert "braze.api_key" in str(raised.value) and "secret-key" not in str(raised.value)
+    assert raised.value.__suppress_context__   # a logged traceback does not show http.client's message
+    assert server.connections == 0
 
 
 class _ConnectProxy:

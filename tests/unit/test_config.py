@@ -226,9 +226,23 @@ def test_substituted_numbers_and_booleans_are_read_as_yaml_reads_them():
     ("key\n", "key"), ("key", "key"), ("key\r\n", "key"), ("key\n\n", "key\n"), (" key ", " key "),
 ])
 def test_secret_files_lose_one_trailing_newline(tmp_path, content, expected):
+    (tmp_path / "password").write_bytes(content.encode())
+    doc = document((("sources", 1), {**FTP, "password": DELETE, "password_file": "password"}))
+    assert parse_settings(doc, ENV, str(tmp_path)).sources[1].password == Secret(expected)
+
+
+@pytest.mark.parametrize("content", ["key\n", "key\r\n", "key\n\n", " key \r\n\r\n", "\tkey"])
+def test_the_braze_key_loses_surrounding_whitespace(tmp_path, content):
     (tmp_path / "braze_key").write_bytes(content.encode())
     doc = document((("braze", "api_key"), DELETE), (("braze", "api_key_file"), "braze_key"))
-    assert parse_settings(doc, {}, str(tmp_path)).braze.api_key == Secret(expected)
+    assert parse_settings(doc, {}, str(tmp_path)).braze.api_key == Secret("key")
+
+
+@pytest.mark.parametrize("key", ["two words", "line\nbreak", "carriage\rreturn", "nul\x00", "ünïcode", "   "])
+def test_a_braze_key_no_header_can_carry_is_refused_without_showing_it(key):
+    problems = problems_of(document((("braze", "api_key"), "${K}")), {"K": key})
+    assert problems == ["braze.api_key: must be printable ASCII without spaces or line breaks, as Braze's "
+                        "REST API keys are (the value is not shown)"]
 
 
 def test_every_file_secret_is_read(tmp_path):
