@@ -31,12 +31,29 @@ def configure(level: str = "info", fmt: str = "json", stream=None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _escape_undecodable,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+
+
+def _escape_undecodable(logger, method: str, event: dict) -> dict:
+    """Show bytes that could not be decoded (a file name in another encoding: lone surrogates) as
+    \\udcXX escapes: neither orjson nor a UTF-8 stream can write them, and the line would be lost."""
+    return {key: _escaped(value) for key, value in event.items()}
+
+
+def _escaped(value):
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, (list, tuple)):
+        return [_escaped(item) for item in value]
+    return value
 
 
 def current_format() -> str:

@@ -15,7 +15,7 @@ from typing import Callable
 
 from rpi2braze import metrics
 from rpi2braze.completion import Observation, is_complete, observe
-from rpi2braze.errors import SourceError, SourceUnavailable
+from rpi2braze.errors import SourceError, SourceUnavailable, StateError
 from rpi2braze.files import data_files
 from rpi2braze.health import HEALTH
 from rpi2braze.log import get_logger
@@ -31,6 +31,7 @@ RETRY_PENDING_SECONDS = 30.0   # a postponed folder (Braze refused, source hiccu
 WAKE_DEBOUNCE_SECONDS = 0.5
 MAX_DOWN_BACKOFF_SECONDS = 300.0  # an unreachable source is tried again at doubling intervals up to this
 FULL_REFRESH_SECONDS = 300.0  # the finished set is re-read from the state file at least this often
+SCAN_RETRY_SECONDS = 5.0     # after a scan failed in a way it did not expect
 
 Submit = Callable[[ExportFolder, Source, SourceSettings], None]
 
@@ -77,7 +78,7 @@ class Scanner:
                 self._unwatch.append(stop_watching)
         try:
             while not self._stop.is_set():
-                next_due = self.scan_due()
+                next_due = self._scan_due_safely()
                 self._wake.wait(max(0.05, next_due - self._clock()))
                 if self._wake.is_set():
                     self._stop.wait(WAKE_DEBOUNCE_SECONDS)
@@ -87,6 +88,15 @@ class Scanner:
         finally:
             for stop_watching in self._unwatch:
                 stop_watching()
+
+    def _scan_due_safely(self) -> float:
+        """scan_due; what it did not expect (the state file failing, a bug) is logged, and scanning
+        goes on a little later with what this scanner knows (which folders it queued)."""
+        try:
+            return self.scan_due()
+        except Exception:
+            log.exception("scan_failed", hint=f"scanning again in {SCAN_RETRY_SECONDS:.0f} s")
+            return self._clock() + SCAN_RETRY_SECONDS
 
     def scan_due(self) -> float:
         """Scan every source that is due; return when the next one is due (monotonic seconds)."""
@@ -186,17 +196,26 @@ class Scanner:
             return []
 
     def _consider_safely(self, watched: _Watched, key: WorkflowKey) -> None:
-        """Consider one folder; a folder that cannot be used (a symlink out of the base) is skipped."""
+        """Consider one folder; a folder that cannot be used (a symlink out of the base) is skipped,
+        and one the state file could not record (busy) is looked at again at the next scan."""
         try:
             self._consider(watched, key)
         except SourceUnavailable:
             raise
         except SourceError as error:
             self._warn_once("folder_unusable", key.source, key.relpath, str(error))
+        except StateError as error:
+            log.warning("folder_not_queued", source=key.source, folder=key.relpath, reason=str(error),
+                        hint="looked at again at the next scan")
 
     def _folders(self, watched: _Watched, relpath: str) -> list[str]:
-        return sorted(entry.name for entry in watched.source.list_dir(relpath)
-                      if entry.is_dir and not entry.name.startswith("."))
+        names = sorted(entry.name for entry in watched.source.list_dir(relpath)
+                       if entry.is_dir and not entry.name.startswith("."))
+        for name in names:
+            if not _is_utf8(name):   # the state file, logs and Braze take UTF-8 only
+                self._warn_once("folder_unusable", watched.settings.name, f"{relpath}/{name}".lstrip("/"),
+                                "its name is not UTF-8 (undecodable bytes are shown escaped); rename it")
+        return [name for name in names if _is_utf8(name)]
 
     def _consider(self, watched: _Watched, key: WorkflowKey, force: bool = False) -> ExportFolder | None:
         with self._lock:
@@ -219,12 +238,17 @@ class Scanner:
                 return None
             self._busy.add(key)
             self._held.pop(key, None)
+        try:
+            self._state.record_seen(key, folder.location)  # `status` lists it as pending while it waits
+            self._submit(folder, watched.source, settings)
+        except BaseException:   # not queued after all: the next scan (or call) considers it again
+            with self._lock:
+                self._busy.discard(key)
+            raise
         watched.observations.pop(key, None)
         log.info("folder_queued", source=key.source, channel=key.channel, offer=key.offer,
                  workflow_id=key.workflow_id, files=[entry.name for entry in folder.data_files], forced=force)
         metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
-        self._state.record_seen(key, folder.location)  # `status` lists it as pending while it waits
-        self._submit(folder, watched.source, settings)
         return folder
 
     def _next_delay(self, watched: _Watched) -> float:
@@ -254,3 +278,12 @@ class Scanner:
 
     def sources_up(self) -> dict[str, bool]:
         return {name: watched.up for name, watched in self._watched.items()}
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a name holding bytes the file system's encoding could not decode (surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -69,6 +69,16 @@ def test_a_missing_folder_lists_empty_but_a_missing_base_is_unavailable(ftp_serv
     assert source.list_dir("Braze Append/Offer A/9999") == []
 
 
+def test_a_name_that_is_not_utf8_makes_its_folder_unusable_with_a_reason_and_no_more(
+        ftp_server, source, monkeypatch):
+    monkeypatch.setattr(ftp_server._server.handler, "unicode_errors", "surrogateescape")   # raw bytes, as many servers send
+    base = make_workflow(ftp_server)
+    os.mkdir(os.path.join(os.fsencode(base), b"Braze Append", b"Caf\xe9"))   # Latin-1 "Caf\u00e9"
+    with pytest.raises(SourceError, match="not UTF-8; rename it on the server"):
+        source.list_dir("Braze Append")
+    assert [entry.name for entry in source.list_dir("")] == ["Braze Append"]   # the connection goes on
+
+
 def test_describe_names_user_host_port_and_path(ftp_server, source):
     assert source.describe(WORKFLOW) == f"ftp://rpi@127.0.0.1:{ftp_server.port}/exports/{WORKFLOW}"
     assert source.watch(lambda: None) is None

@@ -1,6 +1,7 @@
 """The Scanner over a real local folder and a real state file, with a hand-driven clock."""
 
 import os
+import sqlite3
 import threading
 
 import pytest
@@ -175,3 +176,34 @@ def test_a_queued_folder_is_pending_in_the_state_file_at_once(world):
     scanner.scan_due()
     [record] = state.records()
     assert (record.key, record.status) == (queued[0].key, WorkflowStatus.PENDING)
+
+
+def test_a_folder_name_that_is_not_utf8_is_skipped_with_a_warning_and_its_siblings_go_on(world, capsys):
+    base, scanner, queued, clock, _, state = world
+    drop(base, "1").joinpath("done.ok").write_text("")
+    offer = os.fsencode(base / UPSERT / "Offer")
+    os.makedirs(os.path.join(offer, b"Caf\xe9"))       # Latin-1 "Café": not UTF-8
+    with open(os.path.join(offer, b"Caf\xe9", b"RPI_Export_1.txt"), "w") as export:
+        export.write("external_id\nu1\n")
+    open(os.path.join(offer, b"Caf\xe9", b"done.ok"), "w").close()
+    scanner.scan_due()
+    assert [folder.key.workflow_id for folder in queued] == ["1"]
+    assert [record.key.workflow_id for record in state.records()] == ["1"]
+    assert "its name is not UTF-8" in capsys.readouterr().out
+
+
+def test_a_folder_the_state_file_cannot_record_yet_is_queued_at_a_later_scan(world, tmp_path):
+    base, scanner, queued, clock, _, state = world
+    drop(base, "1").joinpath("done.ok").write_text("")
+    state._connection.execute("PRAGMA busy_timeout = 0")   # the lock below fails at once, not in seconds
+    other = sqlite3.connect(str(tmp_path / "state.db"), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")                    # another process writing (retry, process)
+        scanner.scan_due()
+        assert queued == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    clock.now += 10
+    scanner.scan_due()
+    assert [folder.key.workflow_id for folder in queued] == ["1"]

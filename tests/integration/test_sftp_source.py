@@ -77,6 +77,13 @@ def test_a_missing_folder_lists_empty_but_a_missing_base_is_unavailable(sshd_ser
     missing_base.close()
 
 
+def test_a_name_that_is_not_utf8_makes_its_folder_unusable_with_a_reason_and_no_more(source, base):
+    os.mkdir(os.path.join(os.fsencode(base), b"Braze Append", b"Caf\xe9"))   # Latin-1 "Caf\u00e9"
+    with pytest.raises(SourceError, match="not UTF-8; rename it on the server"):
+        source.list_dir("Braze Append")
+    assert [entry.name for entry in source.list_dir("")] == ["Braze Append"]   # the session goes on
+
+
 def test_describe_names_user_host_port_and_path(sshd_server, source, base):
     expected = f"sftp://{sshd_server.username}@127.0.0.1:{sshd_server.port}{base}/{WORKFLOW}"
     assert source.describe(WORKFLOW) == expected

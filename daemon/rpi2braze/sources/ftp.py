@@ -188,6 +188,8 @@ class FtpSource:
         prefix = f"source {self.name}: {action}"
         if isinstance(error, SourceError):
             return error
+        if isinstance(error, UnicodeDecodeError):
+            return SourceError(f"{prefix}: {remote.NOT_UTF8}")
         if isinstance(error, ssl.SSLCertVerificationError):
             return SourceError(f"{prefix}: the server's TLS certificate is not trusted ({error.verify_message}); "
                                "set ca_file to the CA that signed it")

@@ -156,6 +156,8 @@ class SftpSource:
             return SourceError(f"source {self.name}: {action}: permission denied")
         if isinstance(error, FileNotFoundError):
             return SourceUnavailable(f"source {self.name}: {action}: no such file or folder (it vanished)")
+        if isinstance(error, UnicodeDecodeError):
+            return SourceError(f"source {self.name}: {action}: {remote.NOT_UTF8}")
         if isinstance(error, _CONNECTION_ERRORS):
             return SourceUnavailable(f"source {self.name}: {action}: {remote.error_reason(error)}")
         return error
