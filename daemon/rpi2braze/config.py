@@ -12,6 +12,7 @@ import codecs
 import ipaddress
 import os
 import re
+import ssl
 import urllib.parse
 from typing import Mapping
 
@@ -92,8 +93,8 @@ def _settings(values: Checked, checker: Checker, base_dir: str) -> Settings:
 
 def _braze(values: Checked, checker: Checker, base_dir: str) -> BrazeSettings:
     ca_file = _local_path(values.get("ca_file"), base_dir)
-    if ca_file is not None and not os.access(ca_file, os.R_OK):
-        checker.add("braze.ca_file", f"cannot read {ca_file}")
+    if ca_file is not None:
+        _check_ca_file(ca_file, "braze.ca_file", checker)
     return BrazeSettings(
         rest_endpoint=_endpoint(values.get("rest_endpoint"), values.get("allow_insecure_http", False), checker),
         api_key=_header_value(_secret(values, "api_key", "braze", checker, base_dir, required=True),
@@ -103,6 +104,17 @@ def _braze(values: Checked, checker: Checker, base_dir: str) -> BrazeSettings:
         **_pick(values, "allow_insecure_http", "concurrency", "timeout_seconds", "max_objects_per_request",
                 "max_request_bytes"),
     )
+
+
+def _check_ca_file(ca_file: str, path: str, checker: Checker) -> None:
+    """Record a problem unless `ca_file` holds a PEM certificate TLS can verify with."""
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=ca_file)
+    except OSError as error:   # ssl.SSLError is one: the file is there but holds no certificate
+        reason = error.strerror if not isinstance(error, ssl.SSLError) else f"no PEM certificate in it ({error.reason})"
+        checker.add(path, f"cannot use {ca_file}: {reason}")
+    except ValueError:   # a NUL in the path
+        checker.add(path, f"{ca_file!r} is not a usable path")
 
 
 def _endpoint(url: str | None, allow_http: bool, checker: Checker) -> str:

@@ -74,6 +74,9 @@ class BatchSender:
         self._stop = stop
         self._rng = rng
 
+    def close(self) -> None:
+        self._client.close()
+
     def deliver(self, batch: Batch) -> DeliveryResult:
         """Send `batch` until Braze acknowledges it; return what was delivered and rejected.
 
@@ -261,18 +264,25 @@ class SenderPool:
                     waiting()
 
     def _run(self, index: int, settings: BrazeSettings, client_factory) -> None:
-        client = client_factory(settings)
-        sender = BatchSender(client, self._workspace, self._stop, random.Random())
+        sender: BatchSender | None = None
         try:
             while (item := self._queues[index].get()) is not _SENTINEL:
                 batch, on_done = item
-                outcome = self._deliver(sender, batch)
+                try:
+                    sender = sender or BatchSender(client_factory(settings), self._workspace, self._stop,
+                                                   random.Random())
+                except Exception as error:   # the proxy or CA setting is unusable: the folder waits, saying why
+                    log.exception("braze_client_unusable", batch=batch.number)
+                    outcome = PermanentDeliveryError(f"cannot set up requests to Braze: {type(error).__name__}: {error}")
+                else:
+                    outcome = self._deliver(sender, batch)
                 try:
                     on_done(batch, outcome)
                 except Exception:  # the folder's bookkeeping failed; the thread must live on
                     log.exception("sender_callback_failed", workflow_id=batch.key.workflow_id, batch=batch.number)
         finally:
-            client.close()
+            if sender is not None:
+                sender.close()
 
     def _deliver(self, sender: BatchSender, batch: Batch) -> DeliveryResult | Exception:
         if self._stop.is_set():

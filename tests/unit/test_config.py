@@ -6,7 +6,9 @@ import glob
 import json
 import os
 import re
+import shutil
 
+import certifi
 import pytest
 import yaml
 
@@ -300,7 +302,7 @@ def test_state_path(state, environ, expected):
 def test_relative_paths_are_relative_to_the_config_folder(tmp_path, monkeypatch):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "key").write_text("k")
-    (tmp_path / "conf" / "ca.pem").write_text("not checked beyond being readable")
+    shutil.copy(certifi.where(), tmp_path / "conf" / "ca.pem")
     config = tmp_path / "conf" / "rpi2braze.yaml"
     config.write_text(yaml.safe_dump(document(
         (("braze", "api_key"), DELETE), (("braze", "api_key_file"), "key"), (("braze", "ca_file"), "ca.pem"),
@@ -472,11 +474,21 @@ def hand_validate(value, schema, path="$"):
     return failures
 
 
-def test_unreadable_braze_ca_file_is_a_problem(tmp_path):
-    doc = document((("braze", "ca_file"), str(tmp_path / "missing.pem")))
-    with pytest.raises(ConfigError) as raised:
-        parse_settings(doc, ENV)
-    assert any(problem.startswith("braze.ca_file: cannot read") for problem in raised.value.problems)
+@pytest.mark.parametrize("content, expected", [
+    (None, "braze.ca_file: cannot use {path}: No such file or directory"),
+    ("not a certificate\n", "braze.ca_file: cannot use {path}: no PEM certificate in it (NO_CERTIFICATE_OR_CRL_FOUND)"),
+])
+def test_a_braze_ca_file_tls_cannot_use_is_a_problem(tmp_path, content, expected):
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_text(content)
+    assert problems_of(document((("braze", "ca_file"), str(path)))) == [expected.format(path=path)]
+
+
+def test_a_pem_braze_ca_file_is_accepted(tmp_path):
+    shutil.copy(certifi.where(), tmp_path / "ca.pem")
+    assert parse_settings(document((("braze", "ca_file"), "ca.pem")), ENV, str(tmp_path)).braze.ca_file == \
+        str(tmp_path / "ca.pem")
 
 
 @pytest.mark.parametrize("listen, token, refused", [

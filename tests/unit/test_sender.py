@@ -237,3 +237,26 @@ def test_the_pool_keeps_each_partition_in_order_on_one_sender():
         assert len({external_id.split("-")[0] for external_id in sent}) <= 1, "a partition used two senders"
         assert sent == sorted(sent, key=lambda external_id: int(external_id.split("-")[1]))
     assert sum(len(client.calls) for client in clients) == 30
+
+
+def test_a_sender_that_cannot_set_up_its_client_fails_each_batch_with_the_reason_and_lives_on(tmp_path):
+    # Config refuses such a CA file (test_config.py); a proxy URL from the environment is not checked there.
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    settings = BrazeSettings(rest_endpoint="https://127.0.0.1:1", api_key=Secret("k"), ca_file=str(tmp_path / "ca.pem"))
+    pool = SenderPool(settings, RateLimiter(10_000, 1), threading.Event(), threads=1)
+    outcomes = []
+    finished = threading.Semaphore(0)
+
+    def on_done(batch, outcome):
+        outcomes.append(outcome)
+        finished.release()
+
+    try:
+        for number in range(2):
+            pool.submit(make_batch(["a"], number), on_done)
+            assert finished.acquire(timeout=10)
+        assert pool.alive()
+    finally:
+        pool.close()
+    assert all(isinstance(outcome, PermanentDeliveryError) for outcome in outcomes)
+    assert "cannot set up requests to Braze: SSLError" in str(outcomes[0])
