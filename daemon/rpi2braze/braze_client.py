@@ -68,13 +68,19 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, now: float | 
     """Given a /users/track answer, return a TrackResponse for 2xx or raise what the caller must do.
 
     `headers` must match names case-insensitively (http.client's HTTPMessage does). Raise RetryableDeliveryError
-    for 408/429/5xx (with Braze's retry delay when given) and for a 400 without Braze's JSON body,
+    for 408/429/5xx (with Braze's retry delay when given), and for a 2xx or a 400 without Braze's
+    JSON body,
     SplittableDeliveryError for 400/413,
     PermanentDeliveryError for 401/403/404 and other 4xx that resending cannot fix.
     """
     now = time.time() if now is None else now
     decoded = _decode(body)   # once: the message, the errors[] and the 400 check all read it
     message = _message(decoded, body)
+    if 200 <= status < 300 and not (isinstance(decoded, dict) and isinstance(decoded.get("message"), str)):
+        # Braze's 2xx always carries {"message": ...}. Anything else (a proxy's page, a wrong
+        # endpoint) must not acknowledge batches Braze never saw.
+        raise RetryableDeliveryError(f"a {status} that is not Braze's (no JSON message; a proxy or a wrong "
+                                     f"braze.rest_endpoint?): {message}", status)
     if 200 <= status < 300:
         return TrackResponse(
             status=status,

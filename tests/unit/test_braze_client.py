@@ -38,6 +38,19 @@ def test_success_with_errors_and_rate_headers():
     assert response.rate_reset_seconds == 2.0
 
 
+@pytest.mark.parametrize("status, body", [
+    (200, b"<html>Access denied by policy</html>"), (200, b""), (201, b"[]"), (204, b""),
+    (200, b'{"status":"ok"}'), (202, b'{"message":7}')])
+def test_a_2xx_that_is_not_brazes_is_retried_not_taken_as_delivered(status, body):
+    with pytest.raises(RetryableDeliveryError, match="not Braze's") as raised:
+        classify(status, headers(), body, NOW)
+    assert raised.value.status == status
+
+
+def test_brazes_queued_answer_in_maintenance_is_delivered():
+    assert classify(202, headers(), b'{"message":"queued"}', NOW).errors == ()
+
+
 @pytest.mark.parametrize("status, given, retry_after", [
     (429, {"X-Ratelimit-Retry-After": "3"}, 3.0),
     (429, {"x-ratelimit-reset": str(int(NOW) + 9)}, 9.0),
