@@ -20,7 +20,7 @@ from rpi2braze import __version__, archive, metrics
 from rpi2braze.children import processes_for, produce_in_children
 from rpi2braze.config_schema import LOCAL_TYPES
 from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
-from rpi2braze.errors import BadFileError, PermanentDeliveryError, ProductionFailed, SourceError
+from rpi2braze.errors import BadFileError, PermanentDeliveryError, ProductionFailed, SourceError, StateError
 from rpi2braze.files import data_files
 from rpi2braze.locks import WorkflowLocks
 from rpi2braze.log import current_format, get_logger
@@ -199,16 +199,21 @@ class FolderDelivery:
             self._show_refusal()
 
     def _show_refusal(self) -> None:
-        """While Braze refuses the key, batches wait at the gate: show the folder as pending, and why."""
+        """While Braze refuses the key, batches wait at the gate: show the folder as pending, and why.
+        Only shown: a state file too busy to show it is tried again at the next call, and must
+        not end the wait for batches still in flight (they would be sent again)."""
         refusal = self._context.pool.gate.refusal
-        if refusal is not None and not self._shown_refused:
-            log.error("workflow_waiting_for_braze", workflow_id=self.key.workflow_id, source=self.key.source,
-                      reason=refusal)
-            self._context.state.set_pending(self.key, refusal)
-            self._shown_refused = True
-        elif refusal is None and self._shown_refused:
-            self._context.state.begin(self.key, self._partitions)   # in progress again; partitions unchanged
-            self._shown_refused = False
+        try:
+            if refusal is not None and not self._shown_refused:
+                self._context.state.set_pending(self.key, refusal)
+                self._shown_refused = True
+                log.error("workflow_waiting_for_braze", workflow_id=self.key.workflow_id, source=self.key.source,
+                          reason=refusal)
+            elif refusal is None and self._shown_refused:
+                self._context.state.begin(self.key, self._partitions)   # in progress again; partitions unchanged
+                self._shown_refused = False
+        except StateError as error:
+            log.warning("workflow_status_not_shown", workflow_id=self.key.workflow_id, reason=str(error))
 
     def _conclude(self) -> WorkflowStatus:
         if self._failure is not None:

@@ -9,15 +9,25 @@ delivery resumes by itself once Braze accepts the key, or once a reload brings t
 import csv
 import os
 import signal
+import sqlite3
+import threading
+import time
 
 import pytest
 
-from daemon_helpers import API_KEY, DaemonProcess, cli, local_source, status, wait_for, wait_status, write_config
+from daemon_helpers import (
+    API_KEY, DaemonProcess, cli, environment, local_source, status, wait_for, wait_status, write_config,
+)
 from delivery_helpers import (
     HEADER, MARKER, UPSERT, expected_profiles, export_rows, profile_mismatches, write_export,
 )
 from rpi2braze.concurrency import PROBE_INTERVAL_SECONDS
-from rpi2braze.sandbox import SandboxServer
+from rpi2braze.config import load_settings
+from rpi2braze.model import WorkflowStatus
+from rpi2braze.pipeline import Pipeline
+from rpi2braze.process import resolve_folder
+from rpi2braze.sandbox import Faults, SandboxServer
+from rpi2braze.worker import WAIT_POLL_SECONDS, FolderDelivery
 
 pytestmark = pytest.mark.slow
 
@@ -157,3 +167,40 @@ def test_a_key_fixed_in_the_config_takes_effect_at_reload(tmp_path):
 
     assert profile_mismatches(profiles, expected_profiles(rows, "Offer")) == []
     assert "reload_done" in [event["event"] for event in daemon.events()]
+
+
+def test_a_state_file_too_busy_to_show_a_refusal_does_not_end_the_wait_for_held_batches(tmp_path):
+    """The batches held at the gate are still this delivery's: giving up on them (and the lock on
+    the workflow) would have them sent again by the next delivery of the folder."""
+    folder = write_export(tmp_path / "drop", "Offer", "65", export_rows("w", 600))
+    # Refused answers take a second, so the state file is locked before the refusal is shown.
+    with SandboxServer(api_key="a-key-the-daemon-does-not-have", faults=Faults(latency_seconds=1.0)) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "drop"), settle=0))
+        settings = load_settings(config, environment())
+        delivery_folder, source, source_settings = resolve_folder(settings, str(folder))
+        pipeline = Pipeline.open(settings, threading.Event())
+        pipeline.context.state._connection.execute("PRAGMA busy_timeout = 0")   # fail at once, not in 5 s
+        delivery = FolderDelivery(delivery_folder, source, source_settings, pipeline.context)
+        outcome = {}
+        runner = threading.Thread(target=lambda: outcome.update(status=delivery.run()))
+        blocker = sqlite3.connect(settings.state.path, isolation_level=None)
+        try:
+            runner.start()
+            wait_for(lambda: (record := pipeline.context.state.get(delivery_folder.key)) is not None
+                     and record.status == "in_progress", timeout=10, interval=0.01, what="the delivery to begin")
+            blocker.execute("BEGIN IMMEDIATE")                  # another process writing, for a while
+            wait_for(lambda: any(record.status == 401 for record in sandbox.requests), timeout=10, what="a refusal")
+            time.sleep(2 * WAIT_POLL_SECONDS)                  # the delivery tries to show it, and cannot
+            blocker.execute("ROLLBACK")
+            sandbox.set_api_key(API_KEY)
+            runner.join(PROBE_INTERVAL_SECONDS + 30)
+            record = pipeline.context.state.get(delivery_folder.key)
+        finally:
+            blocker.close()
+            sandbox.set_api_key(API_KEY)
+            runner.join(60)
+            pipeline.close()
+        sent = [external_id for request in sandbox.requests if request.status == 201 for external_id in request.external_ids]
+    assert outcome == {"status": WorkflowStatus.DELIVERED}
+    assert (record.status, record.rows_delivered) == (WorkflowStatus.DELIVERED, 600)
+    assert len(sent) == len(set(sent)) == 600
