@@ -76,6 +76,7 @@ class Engine:
     def drain(self, deadline: float, force: threading.Event) -> None:
         """Stop taking work, let batches in flight finish until `deadline` (monotonic) or `force`."""
         self.stop.set()
+        self.scanner.wake()   # it may be waiting out a long scan interval
         for _ in self._threads:
             self._folders.put(_SENTINEL)
         for thread in self._threads.values():

@@ -168,3 +168,14 @@ def test_a_second_sigterm_stops_at_once_and_loses_nothing(tmp_path, running):
         running(config)
         wait_status(config, "11", "delivered", timeout=60)
         assert sorted(fast.store.all()) == sorted(f"u-{n}" for n in range(rows))
+
+
+def test_a_stop_does_not_wait_out_the_scan_interval(tmp_path, sandbox, running):
+    drop = tmp_path / "drop"
+    (drop / "Some Email Channel").mkdir(parents=True)   # the first scan warns about it
+    source = f"  - name: drop\n    type: local\n    path: {drop}\n    scan_interval_seconds: 3600\n"
+    daemon = running(write_config(str(tmp_path), sandbox.url, source))
+    wait_for(lambda: "unknown_channel_folder" in daemon.log(), timeout=10, what="the first scan")
+    assert daemon.terminate() == 0
+    events = [event["event"] for event in daemon.events()]
+    assert "daemon_stopped" in events and "drain_incomplete" not in events
