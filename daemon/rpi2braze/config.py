@@ -8,7 +8,7 @@ No secret value ever enters a problem message.
 
 from __future__ import annotations
 
-import codecs
+import io
 import ipaddress
 import os
 import re
@@ -202,10 +202,11 @@ def _check_unique_names(sources: tuple[SourceSettings | None, ...], checker: Che
 def _reading(values: Mapping, path: str, checker: Checker) -> ReadingSettings:
     encoding = values.get("encoding", "auto")
     if encoding != "auto":
-        try:
-            codecs.lookup(encoding)
+        try:   # as the reader opens files: unlike codecs.lookup, refuses codecs that are not text (base64)
+            io.TextIOWrapper(io.BytesIO(), encoding=encoding)
         except LookupError:
-            checker.add(key_path(path, "encoding"), f"{encoding!r} is not an encoding Python knows")
+            checker.add(key_path(path, "encoding"), f"{encoding!r} is not a text encoding Python knows, "
+                                                    f"like utf-8 or cp1252")
     return ReadingSettings(**values)
 
 

@@ -164,6 +164,8 @@ class Scalar:
     def _out_of_range(self, value: object) -> str | None:
         if self.kind == "str" and not value:
             return "must not be empty"
+        if self.kind == "str" and "\x00" in value:   # no path, name or secret holds one; the OS refuses them
+            return "must not contain a NUL character"
         if self.choices and value not in self.choices:
             shown = "" if self.secret else f", not {str(value)[:40]!r}"
             return f"must be one of {', '.join(map(repr, self.choices))}{shown}"

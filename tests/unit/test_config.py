@@ -115,7 +115,12 @@ ONE_PROBLEM = [
     ((("sources", 0, "data_files"), ["*.txt", 7]), "sources[0].data_files[1]: must be a string, not a number"),
     ((("sources", 0, "reading", "delimiter"), "x"),
      "sources[0].reading.delimiter: must be one of 'auto', ',', '\\t', '|', ';', not 'x'"),
-    ((("sources", 0, "reading", "encoding"), "klingon"), "sources[0].reading.encoding: 'klingon' is not an encoding Python knows"),
+    ((("sources", 0, "reading", "encoding"), "klingon"),
+     "sources[0].reading.encoding: 'klingon' is not a text encoding Python knows, like utf-8 or cp1252"),
+    ((("sources", 0, "reading", "encoding"), "base64"),
+     "sources[0].reading.encoding: 'base64' is not a text encoding Python knows, like utf-8 or cp1252"),
+    ((("sources", 0, "marker_file"), "done\x00"), "sources[0].marker_file: must not contain a NUL character"),
+    ((("sources", 0, "path"), "/srv/\x00drop"), "sources[0].path: must not contain a NUL character"),
     ((("sources", 0, "reading", "skip_lines"), -1), "sources[0].reading.skip_lines: must be between 0 and 1000"),
     ((("sources", 1), dict(MINIMAL["sources"][0])), "sources[1].name: 'rpi' is already the name of sources[0]"),
     # http
@@ -240,7 +245,7 @@ def test_the_braze_key_loses_surrounding_whitespace(tmp_path, content):
     assert parse_settings(doc, {}, str(tmp_path)).braze.api_key == Secret("key")
 
 
-@pytest.mark.parametrize("key", ["two words", "line\nbreak", "carriage\rreturn", "nul\x00", "ünïcode", "   "])
+@pytest.mark.parametrize("key", ["two words", "line\nbreak", "carriage\rreturn", "tab\there", "ünïcode", "   "])
 def test_a_braze_key_no_header_can_carry_is_refused_without_showing_it(key):
     problems = problems_of(document((("braze", "api_key"), "${K}")), {"K": key})
     assert problems == ["braze.api_key: must be printable ASCII without spaces or line breaks, as Braze's "
