@@ -121,6 +121,18 @@ def test_a_bad_second_file_quarantines_the_folder_before_anything_is_sent(tmp_pa
     assert sandbox.requests == [] and sandbox.store.all() == {}
 
 
+def test_a_data_file_that_leads_out_of_the_source_is_quarantined_not_read(tmp_path, sandbox):
+    sandbox.reset()
+    settings, _, folder = setup(tmp_path, sandbox, HEADER + GOOD)
+    (tmp_path / "outside.txt").write_bytes(HEADER + b"secret-1,leak@example.com,x\n")
+    (folder / "RPI_Export_43.txt").symlink_to(tmp_path / "outside.txt")
+    assert process_folders(settings, [str(folder)]) == 1
+    with StateStore(settings.state.path) as state:
+        [record] = state.records()
+    assert record.status == "quarantined" and "leaves the source base" in record.reason
+    assert sandbox.store.all() == {}
+
+
 @pytest.mark.parametrize("in_child", [False, True], ids=["in_process", "child"])
 def test_bad_rows_of_files_with_different_headers_are_dead_lettered_under_their_own_columns(
         tmp_path, sandbox, in_child):

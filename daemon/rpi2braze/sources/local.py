@@ -13,7 +13,7 @@ from typing import BinaryIO, Callable
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
-from rpi2braze.errors import BadFileError, SourceUnavailable
+from rpi2braze.errors import BadFileError, SourceError, SourceUnavailable
 from rpi2braze.model import FileEntry
 from rpi2braze.settings import SourceSettings
 from rpi2braze.sources.base import free_name, normalise_relpath, safe_join
@@ -50,7 +50,10 @@ class LocalSource:
             raise SourceUnavailable(f"source {self.name}: cannot list {path}: {error.strerror}") from None
 
     def open_file(self, relpath: str) -> BinaryIO:
-        path = safe_join(self.base, relpath)
+        try:
+            path = safe_join(self.base, relpath)
+        except SourceError as error:   # waiting would not change it: quarantine, with the reason
+            raise BadFileError(f"{error} (a symlink to a file outside the source?)") from None
         try:
             return open(path, "rb", buffering=1024 * 1024)
         except PermissionError as error:  # an operator must fix it: quarantine, then `retry`
