@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    except BrokenPipeError:   # `status | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # nothing left to flush at exit
+        return EXIT_FAILED
     except (Rpi2BrazeError, OSError) as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -98,20 +102,23 @@ def command_check_config(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _existing_state(settings):
-    """Open the state file for an operator command; a missing file is an error, never created."""
+def _existing_state(arguments: argparse.Namespace):
+    """Open the state file for an operator command; a missing file is an error, never created.
+    Only the config's `state:` section is read: the service's secrets need not be at hand."""
     import os
+    from rpi2braze.config import load_state_settings, resolve_config_path
     from rpi2braze.errors import StateError
     from rpi2braze.state import StateStore
-    if not os.path.exists(settings.state.path):
-        raise StateError(f"no state file at {settings.state.path} (has the daemon run with this config?)")
-    return StateStore(settings.state.path)
+    path = load_state_settings(resolve_config_path(getattr(arguments, "config", None))).path
+    if not os.path.exists(path):
+        raise StateError(f"no state file at {path} (has the daemon run with this config? "
+                         "Under systemd it is $STATE_DIRECTORY/state.db)")
+    return StateStore(path)
 
 
 def command_status(arguments: argparse.Namespace) -> int:
     from rpi2braze.model import WorkflowStatus
-    settings = _settings(arguments)
-    store = _existing_state(settings)
+    store = _existing_state(arguments)
     try:
         records = store.records()
     finally:
@@ -132,12 +139,11 @@ def command_status(arguments: argparse.Namespace) -> int:
 
 def command_retry(arguments: argparse.Namespace) -> int:
     from rpi2braze.model import WorkflowStatus
-    settings = _settings(arguments)
-    store = _existing_state(settings)
+    store = _existing_state(arguments)
     try:
         records = store.find(arguments.workflow_id)
         if not records:
-            print(f"rpi2braze: no workflow {arguments.workflow_id!r} in {settings.state.path}", file=sys.stderr)
+            print(f"rpi2braze: no workflow {arguments.workflow_id!r} in {store.path}", file=sys.stderr)
             return EXIT_FAILED
         for record in records:
             if record.status == WorkflowStatus.DELIVERED and not arguments.force:
@@ -146,19 +152,18 @@ def command_retry(arguments: argparse.Namespace) -> int:
                 return EXIT_FAILED
             requeued = store.requeue(record.key)
             print(f"re-queued {requeued.key.source}: {requeued.key.relpath} (was {record.status})")
-            _warn_if_moved(settings, record)
+            _warn_if_moved(record)
     finally:
         store.close()
     return EXIT_OK
 
 
-def _warn_if_moved(settings, record) -> None:
+def _warn_if_moved(record) -> None:
     """A quarantined folder may have been moved to quarantine_path: the daemon only looks in the base."""
     import os
-    source = next((s for s in settings.sources if s.name == record.key.source), None)
-    if source is not None and source.type in ("local", "poll") and not os.path.isdir(record.location):
-        where = f" (quarantined folders go to {source.quarantine_path})" if source.quarantine_path else ""
-        print(f"note: {record.location} is not there; move the folder back for it to be delivered{where}")
+    if os.path.isabs(record.location) and not os.path.isdir(record.location):   # a local or mounted share
+        print(f"note: {record.location} is not there; move the folder back for it to be delivered "
+              "(quarantined folders go to the source's quarantine_path, when it is set)")
 
 
 def command_sandbox(arguments: argparse.Namespace) -> int:

@@ -41,6 +41,23 @@ def resolve_config_path(cli_value: str | None, environ: Mapping[str, str] = os.e
 def load_settings(path: str, environ: Mapping[str, str] = os.environ) -> Settings:
     """Given a config file, return its `Settings`. Relative paths in it are relative to its folder.
     Raise ConfigError listing every problem if the file cannot be read or is invalid."""
+    return parse_settings(_read_document(path), environ, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def load_state_settings(path: str, environ: Mapping[str, str] = os.environ) -> StateSettings:
+    """Given a config file, return where its state file is, reading only the `state:` section, so
+    that `status` and `retry` work in a shell without the service's secrets and credentials.
+    Raise ConfigError if the file cannot be read or that section is invalid."""
+    document = _read_document(path)
+    section = document.get("state", {}) if isinstance(document, dict) else {}
+    checker = Checker(environ)
+    values = CONFIG.keys["state"].check(section if section is not None else {}, "state", checker)
+    if checker.problems:
+        raise ConfigError(sorted(checker.problems))
+    return _state(values, environ, os.path.dirname(os.path.abspath(path)))
+
+
+def _read_document(path: str) -> object:
     try:
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
@@ -48,8 +65,7 @@ def load_settings(path: str, environ: Mapping[str, str] = os.environ) -> Setting
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: is not UTF-8 text"]) from None
-    document = parse_yaml(text, path)
-    return parse_settings(document, environ, base_dir=os.path.dirname(os.path.abspath(path)))
+    return parse_yaml(text, path)
 
 
 def parse_settings(document: object, environ: Mapping[str, str] = os.environ, base_dir: str = ".") -> Settings:

@@ -154,6 +154,29 @@ def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
     assert json.loads(rpi2braze("-c", config, "status", "--json").stdout)[0]["status"] == "pending"
 
 
+def test_status_and_retry_work_without_the_services_secrets(tmp_path):
+    # As an operator runs them in a shell: the key's variable (systemd's credentials) is not set.
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "9"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_9.txt").write_text("external_id\nu-1\n")
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        assert rpi2braze("-c", config, "process", str(folder)).returncode == 0
+    shell = {name: value for name, value in os.environ.items() if name != "TEST_BRAZE_API_KEY"}
+    assert rpi2braze("-c", config, "check-config", env=shell).returncode == 2   # it needs the key
+    listed = rpi2braze("-c", config, "status", "--json", env=shell)
+    assert listed.returncode == 0 and [record["status"] for record in json.loads(listed.stdout)] == ["delivered"]
+    shutil.rmtree(folder)
+    retried = rpi2braze("-c", config, "retry", "9", "--force", env=shell)
+    assert retried.returncode == 0 and "re-queued" in retried.stdout
+    assert f"{folder} is not there; move the folder back" in retried.stdout
+    reader_gone = subprocess.Popen([sys.executable, "-m", "rpi2braze", "-c", config, "status", "--all"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=shell)
+    reader_gone.stdout.close()                      # as `| head` does once it has its lines
+    assert reader_gone.wait(30) == 1 and reader_gone.stderr.read() == b""
+    reader_gone.stderr.close()
+
+
 def test_process_with_a_refused_key_exits_1_with_the_reason(tmp_path):
     folder = tmp_path / "exports" / UPSERT / "Offer" / "8"
     folder.mkdir(parents=True)

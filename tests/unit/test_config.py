@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from rpi2braze import settings
-from rpi2braze.config import json_schema, load_settings, parse_settings, resolve_config_path
+from rpi2braze.config import json_schema, load_settings, load_state_settings, parse_settings, resolve_config_path
 from rpi2braze.config_schema import CONFIG
 from rpi2braze.errors import ConfigError
 from rpi2braze.model import ChannelMode
@@ -513,3 +513,16 @@ def test_http_token_required_off_loopback(listen, token, refused):
         assert any(problem.startswith("http.token: required") for problem in raised.value.problems)
     else:
         assert parse_settings(doc, ENV).http.listen_host in listen
+
+
+def test_the_state_section_alone_is_read_for_operator_commands(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("braze:\n  api_key_file: ${CREDENTIALS_DIRECTORY}/braze_api_key\nsources: 7\n")
+    assert load_state_settings(str(config), {"STATE_DIRECTORY": "/var/lib/x"}).path == "/var/lib/x/state.db"
+    config.write_text("braze: {}\nstate:\n  path: run/state.db\n")
+    assert load_state_settings(str(config), {}).path == str(tmp_path / "run" / "state.db")
+    config.write_text("state:\n  path: 7\n  paht: x\n")
+    with pytest.raises(ConfigError) as raised:
+        load_state_settings(str(config), {})
+    assert sorted(raised.value.problems) == ["state.paht: unknown key (did you mean path?)",
+                                             "state.path: must be a string, not a number"]
