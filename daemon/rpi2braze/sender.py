@@ -121,6 +121,10 @@ class BatchSender:
     def _attempt(self, body: bytes) -> TrackResponse:
         """One request through the gate and the rate limiter; return the answer or raise as classify does."""
         gate = self._workspace.gate
+        refusal = gate.refusal
+        if refusal is not None and not self._workspace.hold_while_refused:
+            # `process`: one refusal ends every batch at once, not each after its own probe
+            raise PermanentDeliveryError(refusal)
         slot = gate.acquire(self._stop)
         if slot is None:
             raise Abandoned("stopping before the batch was sent")

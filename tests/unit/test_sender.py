@@ -158,9 +158,15 @@ def test_a_refused_key_ends_the_batch_when_the_workspace_does_not_hold():
     def answer(ids, number):
         raise PermanentDeliveryError("Braze answered 401: Invalid API key", 401)
 
+    client = ScriptedClient(answer)
     with pytest.raises(PermanentDeliveryError):
-        sender_for(ScriptedClient(answer), space).deliver(make_batch(["a"]))
+        sender_for(client, space).deliver(make_batch(["a"]))
     assert "401" in space.gate.refusal
+    # The batches queued behind it end at once with the same reason: no probe for each of them.
+    for number in range(1, 4):
+        with pytest.raises(PermanentDeliveryError, match="401: Invalid API key"):
+            sender_for(client, space).deliver(make_batch(["b"], number))
+    assert len(client.calls) == 1
 
 
 def test_a_held_batch_goes_through_once_a_probe_finds_the_key_fixed():
