@@ -5,10 +5,16 @@ columns are `file`, `line`, `reason`, then the export's own header, so an operat
 rows and feed them back. A folder whose data files have different headers gets every column of
 every file, by name, in the order they first appear. The rows hold personal data: files are
 0600, directories 0700.
+
+A batch's rejections are written before the state file acknowledges the batch, so a crash in
+between never loses them; the batch is sent again after the restart. Its rows are then already
+in the file: a writer reopening a file skips the rows (file and line) among its last records,
+and cuts off a last record the crash left unfinished (it would swallow the records after it).
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import os
@@ -17,11 +23,17 @@ import threading
 from typing import Iterable, Sequence, TextIO
 
 from rpi2braze.errors import StateError
+from rpi2braze.log import get_logger
 from rpi2braze.model import Rejection, WorkflowKey
 
 DEADLETTER_COLUMNS = ("file", "line", "reason")
 MAX_NAME_CHARS = 120  # well below the 255-byte file name limit of common filesystems
+# Rows a crash can leave written but unacknowledged: those of the batches in flight, each with at
+# most 75 objects' rows and 1,000 rejections held (batcher.MAX_REJECTIONS_HELD), the last written.
+RECHECKED_RECORDS = 200_000
 KEY_HASH_CHARS = 12
+
+log = get_logger(__name__)
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -60,13 +72,15 @@ class DeadLetterWriter:
     def __init__(self, path: str, headers: Sequence[tuple[str, tuple[str, ...]]]):
         self.path = path
         self.header, self._places = _columns(headers)
+        self._written_before: set[tuple[str, str]] = set()   # (file, line) of a reopened file's last records
         self._file: TextIO | None = None
         self._writer = None
         self._closed = False
         self._lock = threading.Lock()
 
     def write(self, rejections: Iterable[Rejection]) -> int:
-        """Append these rejections; return how many were written, once they are on disk.
+        """Append these rejections; return how many were written, once they are on disk (a row
+        already among a reopened file's last records is not written again).
 
         Raise StateError if the file cannot be created or written, ValueError if closed.
         """
@@ -76,8 +90,10 @@ class DeadLetterWriter:
             written = 0
             try:
                 for rejection in rejections:
-                    self._open_once().writerow(self._record(rejection))
-                    written += 1
+                    writer = self._open_once()
+                    if (rejection.row.file, str(rejection.row.line)) not in self._written_before:
+                        writer.writerow(self._record(rejection))
+                        written += 1
                 if written:
                     self._file.flush()
                     os.fsync(self._file.fileno())
@@ -104,7 +120,7 @@ class DeadLetterWriter:
         if self._writer is None:
             _make_private_directories(os.path.dirname(self.path))
             # O_NOFOLLOW: a symlink planted at this name must not redirect personal data elsewhere.
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW   # read: _recover
             descriptor = os.open(self.path, flags, 0o600)
             is_new = os.fstat(descriptor).st_size == 0
             # backslashreplace: a value that cannot be encoded is still written, visibly, never dropped.
@@ -113,6 +129,8 @@ class DeadLetterWriter:
             if is_new:
                 _fsync_directory(os.path.dirname(self.path))  # so the new file's name survives a crash
                 self._writer.writerow(DEADLETTER_COLUMNS + self.header)
+            else:
+                self._written_before = _recover(descriptor, self.path)
         return self._writer
 
     def _record(self, rejection: Rejection) -> tuple:
@@ -127,6 +145,46 @@ class DeadLetterWriter:
         for place, value in zip(places, row.values):
             values[place] = value
         return (row.file, row.line, rejection.reason, *values)
+
+
+def _recover(descriptor: int, path: str) -> set[tuple[str, str]]:
+    """Cut off an unfinished last record of the open dead-letter file; return (file, line) of its
+    last RECHECKED_RECORDS records (the header counts as a row no rejection has)."""
+    with open(os.dup(descriptor), "rb") as stream:
+        lines = _CountedLines(stream)
+        last: collections.deque = collections.deque(maxlen=RECHECKED_RECORDS)
+        complete_bytes = 0
+        try:
+            for record in csv.reader(lines, strict=True):   # strict: an open quote at the end is an error
+                if lines.ended_line:
+                    last.append(tuple(record[:2]))
+                    complete_bytes = lines.consumed
+        except csv.Error:
+            pass   # the crash came inside a quoted value
+    if complete_bytes < os.fstat(descriptor).st_size:
+        log.warning("deadletter_record_cut_off", path=path, kept_bytes=complete_bytes)
+        os.ftruncate(descriptor, complete_bytes)
+    return set(last)
+
+
+class _CountedLines:
+    """The lines of a binary stream as text, counting the bytes handed out."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.consumed = 0
+        self.ended_line = True
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self._stream.readline()
+        if not line:
+            raise StopIteration
+        self.consumed += len(line)
+        self.ended_line = line.endswith(b"\n")
+        return line.decode("utf-8", "replace")
 
 
 def _columns(headers: Sequence[tuple[str, tuple[str, ...]]]) -> tuple[tuple[str, ...], dict]:

@@ -99,6 +99,23 @@ def test_header_written_once_across_writers(tmp_path):
     assert [row[1] for row in rows[1:]] == ["2", "3", "4"]
 
 
+@pytest.mark.parametrize("torn", ['RPI_Export_1.txt,9,"cut short\r\nin a quoted value', "RPI_Export_1.txt,9,u9,no line end"],
+                         ids=["in-quotes", "no-line-end"])
+def test_a_reopened_file_gets_only_the_rows_it_does_not_hold_yet(tmp_path, torn):
+    # A crash between writing a batch's rejections and acknowledging it: the batch comes again.
+    path = str(tmp_path / "w.csv")
+    first = [rejection(2, ["u1", "a", "O"]), rejection(3, ["u2", "b", "O"])]
+    with DeadLetterWriter(path, HEADERS) as writer:
+        assert writer.write(first) == 2
+    with open(path, "a", encoding="utf-8") as end:
+        end.write(torn)   # the crash came mid-record
+    with DeadLetterWriter(path, HEADERS) as writer:
+        assert writer.write(first + [rejection(4, ["u3", "c", "O"])]) == 1
+        assert writer.write([rejection(2, ["u1", "a", "O"], file="RPI_Export_2.txt")]) == 1   # another file's line 2
+    assert [(row[0], row[1]) for row in read_rows(path)[1:]] == [
+        ("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3"), ("RPI_Export_1.txt", "4"), ("RPI_Export_2.txt", "2")]
+
+
 VALUES = ["plain", "comma, inside", 'quote " inside', "new\nline", "carriage\r\nreturn", "", "  spaces  ",
           "Ünïcødé ✓", '"quoted,\nall"', "semi;colon\ttab"]
 
