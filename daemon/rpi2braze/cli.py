@@ -99,6 +99,10 @@ def command_check_config(arguments: argparse.Namespace) -> int:
     print(f"config OK: {len(settings.sources)} source(s) ({', '.join(s.name for s in settings.sources)}), "
           f"channels: {', '.join(f'{name} ({mode})' for name, mode in settings.channels.items())}, "
           f"state: {settings.state.path}")
+    for index, source in enumerate(settings.sources):   # a share may be mounted later: a note, not a problem
+        if source.type in ("local", "poll") and not os.path.isdir(source.path):
+            print(f"note: sources[{index}].path: {source.path} is not a folder (yet?); "
+                  "the daemon reports the source down and keeps trying")
     return EXIT_OK
 
 

@@ -68,6 +68,9 @@ def _process_one(settings: Settings, pipeline: Pipeline, path: str) -> bool:
     except Rpi2BrazeError as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
         return False
+    if source_settings not in settings.sources:
+        print(f"note: {folder.location} is not below a configured local or poll source: read with the default "
+              f"reading settings, recorded under source {source_settings.name!r}", file=sys.stderr)
     state = pipeline.context.state
     existing = state.get(folder.key)
     if existing is not None and existing.status == WorkflowStatus.DELIVERED:

@@ -39,6 +39,15 @@ def test_example_configs_pass_check_config(example, tmp_path):
     assert result.stdout.startswith("config OK")
 
 
+def test_check_config_notes_a_local_source_folder_that_is_not_there(tmp_path):
+    config = write_config(str(tmp_path), "http://127.0.0.1:9", local_source(str(tmp_path / "typo-drop")))
+    result = rpi2braze("-c", config, "check-config")
+    assert result.returncode == 0 and result.stdout.startswith("config OK")
+    assert f"note: sources[0].path: {tmp_path / 'typo-drop'} is not a folder (yet?)" in result.stdout
+    (tmp_path / "typo-drop").mkdir()
+    assert "note:" not in rpi2braze("-c", config, "check-config").stdout
+
+
 def test_check_config_reports_every_problem_at_once_with_exit_2(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("braze:\n  rest_endpoint: http://example.com\n  api_key: super-secret-value\n"
@@ -175,6 +184,17 @@ def test_status_and_retry_work_without_the_services_secrets(tmp_path):
     reader_gone.stdout.close()                      # as `| head` does once it has its lines
     assert reader_gone.wait(30) == 1 and reader_gone.stderr.read() == b""
     reader_gone.stderr.close()
+
+
+def test_process_says_when_a_folder_is_outside_every_source(tmp_path):
+    elsewhere = tmp_path / "elsewhere" / UPSERT / "Offer" / "10"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "RPI_Export_10.txt").write_text("external_id\nu-1\n")
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        result = rpi2braze("-c", config, "process", str(elsewhere))
+    assert result.returncode == 0
+    assert "is not below a configured local or poll source: read with the default reading settings" in result.stderr
 
 
 def test_process_with_a_refused_key_exits_1_with_the_reason(tmp_path):
