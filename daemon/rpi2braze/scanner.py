@@ -219,8 +219,12 @@ class Scanner:
 
     def _consider(self, watched: _Watched, key: WorkflowKey, force: bool = False) -> ExportFolder | None:
         with self._lock:
-            if key in self._finished or key in self._busy or (not force and self._held.get(key, 0) > self._clock()):
-                return None
+            finished, busy = key in self._finished, key in self._busy
+            held = not force and self._held.get(key, 0) > self._clock()
+        if finished and not busy and watched.settings.archive_path:
+            self._check_not_back(watched, key)
+        if finished or busy or held:
+            return None
         settings = watched.settings
         entries = watched.source.list_dir(key.relpath)
         now = self._clock()
@@ -250,6 +254,18 @@ class Scanner:
                  workflow_id=key.workflow_id, files=[entry.name for entry in folder.data_files], forced=force)
         metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
         return folder
+
+    def _check_not_back(self, watched: _Watched, key: WorkflowKey) -> None:
+        """A finished folder of a source that archives them is back: warn once if it holds data
+        written after the workflow finished (a writer that paused longer than settle_seconds),
+        which is not delivered unless an operator says so."""
+        record = self._state.get(key)
+        late = [entry.name for entry in data_files(watched.source.list_dir(key.relpath), watched.settings.data_files)
+                if record is not None and entry.mtime > record.updated_at]
+        if late:
+            self._warn_once("data_after_delivery", key.source, key.relpath,
+                            f"{', '.join(late)} arrived after the workflow was {record.status}; not delivered. "
+                            f"To deliver the folder again: rpi2braze retry {key.workflow_id} --force")
 
     def _next_delay(self, watched: _Watched) -> float:
         """Scan again at the interval, sooner when an observed folder is due to settle, and at

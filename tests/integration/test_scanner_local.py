@@ -207,3 +207,27 @@ def test_a_folder_the_state_file_cannot_record_yet_is_queued_at_a_later_scan(wor
     clock.now += 10
     scanner.scan_due()
     assert [folder.key.workflow_id for folder in queued] == ["1"]
+
+
+def test_data_written_into_an_archived_folders_place_after_delivery_is_warned_about(tmp_path, capsys):
+    base = tmp_path / "base"
+    settings = SourceSettings(name="drop", type="local", path=str(base), settle_seconds=0, scan_interval_seconds=10,
+                              archive_path=str(tmp_path / "archive"))
+    with StateStore(str(tmp_path / "state.db"), clock=lambda: 2_000_000_000.0) as state:
+        key = WorkflowKey("drop", UPSERT, "Offer", "1")
+        state.record_seen(key, "here")
+        state.finish(key, WorkflowStatus.DELIVERED)      # and the folder was archived
+        folder = drop(base, "1", name="RPI_Export_2.txt")
+        os.utime(folder / "RPI_Export_2.txt", (1_999_999_000, 1_999_999_000))   # before it finished
+        queued, clock = [], Clock()
+        scanner = Scanner([(settings, LocalSource(settings, watch=False))], dict(DEFAULT_CHANNELS), state,
+                          lambda folder, src, cfg: queued.append(folder), threading.Event(), clock)
+        scanner.scan_due()
+        assert "data_after_delivery" not in capsys.readouterr().out
+        os.utime(folder / "RPI_Export_2.txt", (2_000_000_100, 2_000_000_100))   # written after it finished
+        for _ in range(2):
+            clock.now += 10
+            scanner.scan_due()
+        logged = capsys.readouterr().out
+    assert queued == []
+    assert logged.count("data_after_delivery") == 1 and "retry 1 --force" in logged
