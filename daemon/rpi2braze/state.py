@@ -209,12 +209,17 @@ class StateStore:
         return True
 
     def finish(self, key: WorkflowKey, status: WorkflowStatus, reason: str = "") -> None:
-        """Mark `key` DELIVERED, FAILED or QUARANTINED with `reason`. Raise ValueError for another status."""
+        """Mark `key` DELIVERED, FAILED or QUARANTINED with `reason`. Raise ValueError for another status.
+
+        Its acknowledged batches are forgotten (its totals stay): nothing resumes a finished
+        workflow, and a daemon that runs for years would otherwise keep ~13 MB of them per
+        25 million rows delivered."""
         if status not in FINAL_STATUSES:
             raise ValueError(f"finish takes delivered, failed or quarantined, not {status}")
         with self._transaction(write=True) as connection:
             workflow, _ = _find_id(connection, key)
             connection.execute(UPDATE_FINISH, (str(status), reason, self._clock(), workflow))
+            connection.execute(DELETE_BATCHES, (workflow,))
 
     def set_pending(self, key: WorkflowKey, reason: str) -> None:
         """Put `key` back to PENDING with `reason` (e.g. Braze refused the key); acked batches are kept.

@@ -1,5 +1,6 @@
 """StateStore against real SQLite files in tmp_path: durability, refusal of bad files, concurrency."""
 
+import contextlib
 import itertools
 import os
 import signal
@@ -249,6 +250,20 @@ def test_finish_sets_status_reason_and_time(store, status):
     record = store.get(KEY)
     assert (record.status, record.reason) == (status, "why")
     assert record.finished_at == record.updated_at > record.started_at
+
+
+def test_finish_forgets_the_acknowledged_batches_and_keeps_the_totals(store, path):
+    other = WorkflowKey("rpi", "Braze Append", "Offer", "wf-101")
+    for key in (KEY, other):
+        store.record_seen(key, "x")
+        store.begin(key, 4)
+        for number in range(3):
+            store.ack_batch(key, number, 75, 1)
+    store.finish(KEY, WorkflowStatus.DELIVERED)
+    record = store.get(KEY)
+    assert (record.batches_acked, record.rows_delivered, record.rows_rejected) == (3, 225, 3)
+    with contextlib.closing(sqlite3.connect(path)) as reader:
+        assert reader.execute("SELECT COUNT(*) FROM batches").fetchone() == (3,)   # the other workflow's
 
 
 @pytest.mark.parametrize("status", [WorkflowStatus.PENDING, WorkflowStatus.IN_PROGRESS])
