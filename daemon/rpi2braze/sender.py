@@ -172,8 +172,11 @@ class BatchSender:
         backoff = self._workspace.backoff.delay(attempt, self._rng)
         if error.status == 429:
             # Braze's limit is per workspace: every sender pauses, not only this one.
-            # at least the backoff: a Retry-After of 0, or an epoch reset skewed by our clock, must not spin
-            self._workspace.limiter.pause(max(error.retry_after or 0.0, backoff, self._workspace.backoff.base))
+            # at least the backoff: a Retry-After of 0, or an epoch reset skewed by our clock, must not spin;
+            # at most the backoff cap: an epoch reset far ahead of our clock must not stop delivery for hours
+            backoff_settings = self._workspace.backoff
+            self._workspace.limiter.pause(min(max(error.retry_after or 0.0, backoff, backoff_settings.base),
+                                              backoff_settings.cap))
             delay = 0.0
         else:   # a Retry-After on a 5xx is respected, up to the backoff cap
             delay = backoff if error.retry_after is None else min(error.retry_after, self._workspace.backoff.cap)

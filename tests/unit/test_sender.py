@@ -133,8 +133,25 @@ def test_retryable_failures_are_retried_until_braze_answers(failure):
     assert space.limiter.acquire().sequence == 4, "every attempt takes a rate-limit grant"
 
 
+def test_a_429_pause_is_at_most_the_backoff_cap():
+    # An X-RateLimit-Reset in epoch seconds, read by a clock hours behind Braze's.
+    space = workspace(backoff=Backoff(base=0.0, cap=0.3))
+
+    def answer(ids, number):
+        if number == 1:
+            raise RetryableDeliveryError("Braze answered 429: Rate Limited", 429, retry_after=7200.0)
+        return TrackResponse(201)
+
+    client = ScriptedClient(answer)
+    results = []
+    sending = threading.Thread(target=lambda: results.append(sender_for(client, space).deliver(make_batch(["a"]))))
+    sending.start()
+    sending.join(10)
+    assert results == [DeliveryResult(KEY, 0, 1, (), requests=2)]
+
+
 def test_a_429_pauses_every_sender_of_the_workspace():
-    space = workspace()
+    space = workspace(backoff=Backoff(base=0.0, cap=5.0))   # the pause is at most the cap
 
     def answer(ids, number):
         if ids == ["first"] and number == 1:
