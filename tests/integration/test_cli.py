@@ -149,13 +149,19 @@ def test_status_and_retry_refuse_a_missing_state_file_without_creating_it(tmp_pa
     assert not (tmp_path / "state").exists()
 
 
-def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
-    folder = tmp_path / "exports" / UPSERT / "Offer" / "7"
+def delivered_workflow(tmp_path, workflow_id: str):
+    """A one-row workflow delivered by `process` (the sandbox is gone afterwards); its config and folder."""
+    folder = tmp_path / "exports" / UPSERT / "Offer" / workflow_id
     folder.mkdir(parents=True)
-    (folder / "RPI_Export_7.txt").write_text("external_id\nu-1\n")
+    (folder / f"RPI_Export_{workflow_id}.txt").write_text("external_id\nu-1\n")
     with SandboxServer(api_key=API_KEY) as sandbox:
         config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
         assert rpi2braze("-c", config, "process", str(folder)).returncode == 0
+    return config, folder
+
+
+def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
+    config, _ = delivered_workflow(tmp_path, "7")
     refused = rpi2braze("-c", config, "retry", "7")
     assert refused.returncode == 1 and "--force" in refused.stderr
     forced = rpi2braze("-c", config, "retry", "7", "--force")
@@ -165,12 +171,7 @@ def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
 
 def test_status_and_retry_work_without_the_services_secrets(tmp_path):
     # As an operator runs them in a shell: the key's variable (systemd's credentials) is not set.
-    folder = tmp_path / "exports" / UPSERT / "Offer" / "9"
-    folder.mkdir(parents=True)
-    (folder / "RPI_Export_9.txt").write_text("external_id\nu-1\n")
-    with SandboxServer(api_key=API_KEY) as sandbox:
-        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
-        assert rpi2braze("-c", config, "process", str(folder)).returncode == 0
+    config, folder = delivered_workflow(tmp_path, "9")
     shell = {name: value for name, value in os.environ.items() if name != "TEST_BRAZE_API_KEY"}
     assert rpi2braze("-c", config, "check-config", env=shell).returncode == 2   # it needs the key
     listed = rpi2braze("-c", config, "status", "--json", env=shell)
