@@ -42,6 +42,7 @@ class Daemon:
         self._engine: Engine | None = None
         self._http: HttpApi | None = None
         self._next_status = 0.0
+        self._exit_code = 0
 
     def run(self) -> int:
         self._install_signal_handlers()
@@ -59,7 +60,7 @@ class Daemon:
             log.info("daemon_stopping", reason="signal")
             self._notifier.stopping()
             self._engine.drain(self._drain_deadline(), self._force)
-            return 0
+            return self._exit_code
         finally:
             self._teardown()
 
@@ -101,8 +102,18 @@ class Daemon:
         except Exception as error:
             # the new config validated but cannot start (port taken, state file busy): go back to the old one
             log.error("reload_failed", error=str(error), hint="the previous configuration runs again")
-            self._engine, self._http = self._start_engine(self.settings)
+            self._restart_previous()
         self._notifier.ready()
+
+    def _restart_previous(self) -> None:
+        """Start the previous configuration again; if that fails too, stop with exit code 1 (systemd
+        restarts the service) rather than run on without an engine, delivering nothing."""
+        try:
+            self._engine, self._http = self._start_engine(self.settings)
+        except Exception as error:
+            log.critical("restart_failed", error=str(error), hint="exiting: systemd starts rpi2braze again")
+            self._exit_code = 1
+            self.stop.set()
 
     def _start_engine(self, settings: Settings) -> tuple[Engine, HttpApi | None]:
         engine = Engine(settings)

@@ -179,3 +179,20 @@ def test_a_stop_does_not_wait_out_the_scan_interval(tmp_path, sandbox, running):
     assert daemon.terminate() == 0
     events = [event["event"] for event in daemon.events()]
     assert "daemon_stopped" in events and "drain_incomplete" not in events
+
+
+def test_a_reload_that_cannot_start_either_configuration_exits_1_for_systemd_to_restart(tmp_path, sandbox, running):
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "drop")))
+    daemon = running(config)
+    (tmp_path / "blocked").write_text("")               # the new config's state folder is a file
+    with open(config) as handle:
+        broken = handle.read().replace(f"{tmp_path}/state/state.db", f"{tmp_path}/blocked/state.db")
+    with open(config, "w") as handle:
+        handle.write(broken)
+    os.rename(tmp_path / "state", tmp_path / "state-gone")   # and the old one can no longer be opened
+    (tmp_path / "state").write_text("")
+    daemon.process.send_signal(signal.SIGHUP)
+    assert daemon.wait(30) == 1
+    events = [event["event"] for event in daemon.events()]
+    assert "reload_failed" in events and "restart_failed" in events
+
