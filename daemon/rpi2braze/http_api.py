@@ -236,12 +236,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not (declared.isascii() and declared.isdigit()):
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a number"})
             return None
-        # compared as text first: int() refuses numbers of over 4,300 digits, with a traceback
-        if len(declared.lstrip("0")) > len(str(MAX_BODY_BYTES)) or int(declared) > MAX_BODY_BYTES:
+        digits = declared.lstrip("0") or "0"   # int() refuses over 4,300 digits, leading zeros included
+        if len(digits) > len(str(MAX_BODY_BYTES)) or int(digits) > MAX_BODY_BYTES:
             self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY_BYTES} bytes"})
             return None
         self._body_read = True
-        return self.rfile.read(int(declared))
+        return self.rfile.read(int(digits))
 
     def _discard_unread_input(self) -> None:
         """Half-close, then drop input until the client closes or LINGER_SECONDS pass (nginx's

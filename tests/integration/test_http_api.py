@@ -203,8 +203,9 @@ def test_413_is_sent_without_waiting_for_the_body(api):
 
 
 @pytest.mark.parametrize(("length_header", "status"), [(b"", b"411"), (b"Content-Length: ten\r\n", b"400"),
-                                                      (b"Content-Length: " + b"9" * 5000 + b"\r\n", b"413")],
-                         ids=["missing", "not-a-number", "5000-digits"])
+                                                      (b"Content-Length: " + b"9" * 5000 + b"\r\n", b"413"),
+                                                      (b"Content-Length: " + b"0" * 5000 + b"\r\n", b"400")],
+                         ids=["missing", "not-a-number", "5000-digits", "5000-leading-zeros"])
 def test_a_missing_or_bad_content_length_is_refused(api, length_header, status):
     answer = raw_request(api.port, b"POST /rpi/post-execution HTTP/1.1\r\nHost: rpi2braze\r\n"
                                    b"Authorization: Bearer " + TOKEN.encode() + b"\r\n" + length_header + b"\r\n")
