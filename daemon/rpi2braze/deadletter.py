@@ -8,8 +8,9 @@ every file, by name, in the order they first appear. The rows hold personal data
 
 A batch's rejections are written before the state file acknowledges the batch, so a crash in
 between never loses them; the batch is sent again after the restart. Its rows are then already
-in the file: a writer reopening a file skips the rows (file and line) among its last records,
-and cuts off a last record the crash left unfinished (it would swallow the records after it).
+in the file: a writer resuming a workflow skips the rows (file and line) among its last records.
+A file whose last record a crash left unfinished (which would swallow the records appended after
+it) is set aside whole, as `<name>.csv.cut`, and a new one begun: nothing is deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Iterable, Sequence, TextIO
 from rpi2braze.errors import StateError
 from rpi2braze.log import get_logger
 from rpi2braze.model import Rejection, WorkflowKey
+from rpi2braze.sources.base import free_name
 
 DEADLETTER_COLUMNS = ("file", "line", "reason")
 MAX_NAME_CHARS = 120  # well below the 255-byte file name limit of common filesystems
@@ -66,16 +68,19 @@ class DeadLetterWriter:
     `headers` holds (file name, header) for each data file of the folder. The file is created
     on the first rejection written (no empty files), with mode 0600 from the start. The header
     is written only when the file is empty, so a restart that appends to an existing file does
-    not repeat it.
+    not repeat it. `resuming`: the workflow resumes after a crash, and rows already in the
+    file are not written again.
     """
 
-    def __init__(self, path: str, headers: Sequence[tuple[str, tuple[str, ...]]]):
+    def __init__(self, path: str, headers: Sequence[tuple[str, tuple[str, ...]]], resuming: bool = False):
         self.path = path
         self.header, self._places = _columns(headers)
+        self._resuming = resuming
         self._written_before: set[tuple[str, str]] = set()   # (file, line) of a reopened file's last records
         self._file: TextIO | None = None
         self._writer = None
         self._closed = False
+        self._failed = False   # a write failed: what follows it in the file could be swallowed by a torn record
         self._lock = threading.Lock()
 
     def write(self, rejections: Iterable[Rejection]) -> int:
@@ -87,6 +92,9 @@ class DeadLetterWriter:
         with self._lock:
             if self._closed:
                 raise ValueError(f"dead-letter writer for {self.path} is closed")
+            if self._failed:
+                raise StateError(f"dead-letter file {self.path}: an earlier write failed; the workflow "
+                                 "is delivered again once it is retried")
             written = 0
             try:
                 for rejection in rejections:
@@ -98,6 +106,7 @@ class DeadLetterWriter:
                     self._file.flush()
                     os.fsync(self._file.fileno())
             except OSError as error:
+                self._failed = True
                 reason = error.strerror or str(error)
                 raise StateError(f"cannot write dead-letter file {self.path}: {reason}") from error
             return written
@@ -119,9 +128,7 @@ class DeadLetterWriter:
     def _open_once(self):
         if self._writer is None:
             _make_private_directories(os.path.dirname(self.path))
-            # O_NOFOLLOW: a symlink planted at this name must not redirect personal data elsewhere.
-            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW   # read: _recover
-            descriptor = os.open(self.path, flags, 0o600)
+            descriptor = self._open_descriptor()
             is_new = os.fstat(descriptor).st_size == 0
             # backslashreplace: a value that cannot be encoded is still written, visibly, never dropped.
             self._file = open(descriptor, "w", encoding="utf-8", errors="backslashreplace", newline="")
@@ -129,9 +136,26 @@ class DeadLetterWriter:
             if is_new:
                 _fsync_directory(os.path.dirname(self.path))  # so the new file's name survives a crash
                 self._writer.writerow(DEADLETTER_COLUMNS + self.header)
-            else:
-                self._written_before = _recover(descriptor, self.path)
         return self._writer
+
+    def _open_descriptor(self) -> int:
+        """The file, open for appending; an existing one is read first (see the module's docstring)."""
+        # O_NOFOLLOW: a symlink planted at this name must not redirect personal data elsewhere.
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW   # read: _read_back
+        descriptor = os.open(self.path, flags, 0o600)
+        if os.fstat(descriptor).st_size == 0:
+            return descriptor
+        rows, finished = _read_back(descriptor)
+        if self._resuming:
+            self._written_before = rows
+        if finished:
+            return descriptor
+        os.close(descriptor)
+        kept = free_name(self.path + ".cut", os.path.lexists)
+        os.rename(self.path, kept)
+        log.warning("deadletter_set_aside", path=self.path, kept=kept,
+                    reason="its last record is unfinished (a crash while writing?); a new file is begun")
+        return os.open(self.path, flags, 0o600)
 
     def _record(self, rejection: Rejection) -> tuple:
         """The CSV record of a rejection: its values under their own columns' names. A row whose
@@ -147,28 +171,24 @@ class DeadLetterWriter:
         return (row.file, row.line, rejection.reason, *values)
 
 
-def _recover(descriptor: int, path: str) -> set[tuple[str, str]]:
-    """Cut off an unfinished last record of the open dead-letter file; return (file, line) of its
-    last RECHECKED_RECORDS records (the header counts as a row no rejection has)."""
+def _read_back(descriptor: int) -> tuple[set[tuple[str, str]], bool]:
+    """(file, line) of the last RECHECKED_RECORDS records of an open dead-letter file (its header
+    counts as a row no rejection has), and whether its last record is finished: it ends a line
+    and no quoted value is left open."""
     with open(os.dup(descriptor), "rb") as stream:
         lines = _CountedLines(stream)
         last: collections.deque = collections.deque(maxlen=RECHECKED_RECORDS)
-        complete_bytes = 0
         try:
             for record in csv.reader(lines, strict=True):   # strict: an open quote at the end is an error
-                if lines.ended_line:
-                    last.append(tuple(record[:2]))
-                    complete_bytes = lines.consumed
-        except csv.Error:
-            pass   # the crash came inside a quoted value
-    if complete_bytes < os.fstat(descriptor).st_size:
-        log.warning("deadletter_record_cut_off", path=path, kept_bytes=complete_bytes)
-        os.ftruncate(descriptor, complete_bytes)
-    return set(last)
+                last.append(tuple(record[:2]))
+        except csv.Error:   # a quote out of place: a torn record at the end, or an edit by hand
+            return set(last), lines.consumed < os.fstat(descriptor).st_size
+    return set(last), lines.ended_line
 
 
 class _CountedLines:
-    """The lines of a binary stream as text, counting the bytes handed out."""
+    """The lines of a binary stream as text, counting the bytes handed out, and whether the last
+    one ended with a line break."""
 
     def __init__(self, stream):
         self._stream = stream

@@ -104,7 +104,7 @@ class FolderDelivery:
                 self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
             with self._production(acked) as (headers, batches):
                 path = deadletter_path(os.path.join(self._context.state_dir, "deadletter"), self.key)
-                with DeadLetterWriter(path, headers) as self._deadletter:
+                with DeadLetterWriter(path, headers, resuming=bool(acked)) as self._deadletter:
                     try:
                         self._send_all(batches)
                     finally:  # batches in flight are recorded before the dead-letter file closes, whatever happened

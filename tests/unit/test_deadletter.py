@@ -4,6 +4,8 @@ import csv
 import os
 import re
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -99,21 +101,83 @@ def test_header_written_once_across_writers(tmp_path):
     assert [row[1] for row in rows[1:]] == ["2", "3", "4"]
 
 
-@pytest.mark.parametrize("torn", ['RPI_Export_1.txt,9,"cut short\r\nin a quoted value', "RPI_Export_1.txt,9,u9,no line end"],
-                         ids=["in-quotes", "no-line-end"])
-def test_a_reopened_file_gets_only_the_rows_it_does_not_hold_yet(tmp_path, torn):
+FIRST = [rejection(2, ["u1", "a", "O"]), rejection(3, ["u2", "b", "O"])]
+
+
+def keys(path) -> list[tuple[str, str]]:
+    return [(row[0], row[1]) for row in read_rows(path)[1:]]
+
+
+def test_a_resumed_workflow_gets_only_the_rows_the_file_does_not_hold_yet(tmp_path):
     # A crash between writing a batch's rejections and acknowledging it: the batch comes again.
     path = str(tmp_path / "w.csv")
-    first = [rejection(2, ["u1", "a", "O"]), rejection(3, ["u2", "b", "O"])]
     with DeadLetterWriter(path, HEADERS) as writer:
-        assert writer.write(first) == 2
-    with open(path, "a", encoding="utf-8") as end:
-        end.write(torn)   # the crash came mid-record
-    with DeadLetterWriter(path, HEADERS) as writer:
-        assert writer.write(first + [rejection(4, ["u3", "c", "O"])]) == 1
+        assert writer.write(FIRST) == 2
+    with DeadLetterWriter(path, HEADERS, resuming=True) as writer:
+        assert writer.write(FIRST + [rejection(4, ["u3", "c", "O"])]) == 1
         assert writer.write([rejection(2, ["u1", "a", "O"], file="RPI_Export_2.txt")]) == 1   # another file's line 2
-    assert [(row[0], row[1]) for row in read_rows(path)[1:]] == [
-        ("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3"), ("RPI_Export_1.txt", "4"), ("RPI_Export_2.txt", "2")]
+    assert keys(path) == [("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3"), ("RPI_Export_1.txt", "4"),
+                          ("RPI_Export_2.txt", "2")]
+    with DeadLetterWriter(path, HEADERS) as writer:   # a retry: the rows may differ now; all are written
+        assert writer.write(FIRST) == 2
+
+
+@pytest.mark.parametrize("torn", ['RPI_Export_1.txt,9,"cut short\r\nin a quoted value', "RPI_Export_1.txt,9,u9,no line end"],
+                         ids=["in-quotes", "no-line-end"])
+def test_a_file_a_crash_left_unfinished_is_set_aside_whole_and_a_new_one_begun(tmp_path, torn):
+    path = str(tmp_path / "w.csv")
+    with DeadLetterWriter(path, HEADERS) as writer:
+        writer.write(FIRST)
+    with open(path, "a", encoding="utf-8", newline="") as end:
+        end.write(torn)   # the crash came mid-record
+    with open(path, "rb") as before:
+        kept = before.read()
+    with DeadLetterWriter(path, HEADERS, resuming=True) as writer:
+        assert writer.write(FIRST + [rejection(4, ["u3", "c", "O"])]) == 1
+    with open(path + ".cut", "rb") as set_aside:
+        assert set_aside.read() == kept
+    assert read_rows(path)[0] == ["file", "line", "reason", *HEADER] and keys(path) == [("RPI_Export_1.txt", "4")]
+
+
+def test_a_quote_out_of_place_in_the_middle_keeps_the_file_as_it_is(tmp_path):
+    path = str(tmp_path / "w.csv")
+    with DeadLetterWriter(path, HEADERS) as writer:
+        writer.write(FIRST + [rejection(4, ["u3", "c", "O"])])
+    with open(path, encoding="utf-8", newline="") as edited:
+        text = edited.read().replace("u2,b", 'u2,b"x', 1)   # an operator's edit
+    with open(path, "w", encoding="utf-8", newline="") as edited:
+        edited.write(text)
+    with DeadLetterWriter(path, HEADERS, resuming=True) as writer:
+        assert writer.write([rejection(5, ["u4", "d", "O"])]) == 1
+    with open(path, encoding="utf-8", newline="") as after:
+        assert after.read().startswith(text)
+    assert not os.path.exists(path + ".cut")
+
+
+FAILING_WRITER = """
+import resource, signal, sys
+from rpi2braze.deadletter import DeadLetterWriter
+from rpi2braze.errors import StateError
+from rpi2braze.model import RawRow, Rejection
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))   # the disk is full after 4 KiB
+with DeadLetterWriter(sys.argv[1], (("f.txt", ("external_id",)),)) as writer:
+    for values in (["x" * 10_000], ["small"]):
+        try:
+            writer.write([Rejection(RawRow(2, tuple(values), file="f.txt"), "bad")])
+        except StateError as error:
+            print(error)
+"""
+
+
+def test_after_a_failed_write_the_writer_writes_nothing_more(tmp_path):
+    # What follows a torn record would be swallowed by it: those batches must not be acknowledged.
+    path = tmp_path / "w.csv"
+    result = subprocess.run([sys.executable, "-c", FAILING_WRITER, str(path)], capture_output=True, text=True,
+                            timeout=60)
+    first, second = result.stdout.splitlines()
+    assert "File too large" in first and "an earlier write failed" in second
+    assert b"small" not in path.read_bytes()
 
 
 VALUES = ["plain", "comma, inside", 'quote " inside', "new\nline", "carriage\r\nreturn", "", "  spaces  ",
