@@ -49,12 +49,18 @@ def load_state_settings(path: str, environ: Mapping[str, str] = os.environ) -> S
     that `status` and `retry` work in a shell without the service's secrets and credentials.
     Raise ConfigError if the file cannot be read or that section is invalid."""
     document = _read_document(path)
-    section = document.get("state", {}) if isinstance(document, dict) else {}
+    if not isinstance(document, dict):
+        raise _not_a_mapping(document)
+    section = document.get("state", {})
     checker = Checker(environ)
     values = CONFIG.keys["state"].check(section if section is not None else {}, "state", checker)
     if checker.problems:
         raise ConfigError(sorted(checker.problems))
     return _state(values, environ, os.path.dirname(os.path.abspath(path)))
+
+
+def _not_a_mapping(document: object) -> ConfigError:
+    return ConfigError([f"(top level): must be a mapping (braze: ..., sources: ...), not {describe(document)}"])
 
 
 def _read_document(path: str) -> object:
@@ -74,7 +80,7 @@ def parse_settings(document: object, environ: Mapping[str, str] = os.environ, ba
     if document is None:
         raise ConfigError(["(top level): the configuration is empty"])
     if not isinstance(document, dict):
-        raise ConfigError([f"(top level): must be a mapping (braze: ..., sources: ...), not {describe(document)}"])
+        raise _not_a_mapping(document)
     checker = Checker(environ)
     values = CONFIG.check(document, "", checker)
     built = _settings(values, checker, os.path.abspath(base_dir))

@@ -90,8 +90,7 @@ class Scanner:
                 stop_watching()
 
     def _scan_due_safely(self) -> float:
-        """scan_due; what it did not expect (the state file failing, a bug) is logged, and scanning
-        goes on a little later with what this scanner knows (which folders it queued)."""
+        """scan_due; a state file that cannot be read is logged, and scanning goes on a little later."""
         try:
             return self.scan_due()
         except Exception:
@@ -105,8 +104,18 @@ class Scanner:
             self._refresh_finished()  # `retry` may have re-queued a workflow since the last scan
         for watched in due:
             if not self._stop.is_set():
-                watched.next_scan = self._scan_source(watched)
+                watched.next_scan = self._scan_source_safely(watched)
         return min(watched.next_scan for watched in self._watched.values())
+
+    def _scan_source_safely(self, watched: _Watched) -> float:
+        """_scan_source; what it did not expect (a bug) is logged, and that source is scanned again a
+        little later, without holding up the sources after it."""
+        try:
+            return self._scan_source(watched)
+        except Exception:
+            log.exception("scan_failed", source=watched.settings.name,
+                          hint=f"scanning it again in {SCAN_RETRY_SECONDS:.0f} s")
+            return self._clock() + SCAN_RETRY_SECONDS
 
     def release(self, key: WorkflowKey, status: WorkflowStatus) -> None:
         """A worker is done with `key`: finished, or postponed and to be retried later."""
@@ -260,8 +269,10 @@ class Scanner:
         written after the workflow finished (a writer that paused longer than settle_seconds),
         which is not delivered unless an operator says so."""
         record = self._state.get(key)
+        if record is None or record.status != WorkflowStatus.DELIVERED:   # quarantined: left in place, retried by hand
+            return
         late = [entry.name for entry in data_files(watched.source.list_dir(key.relpath), watched.settings.data_files)
-                if record is not None and entry.mtime > record.updated_at]
+                if entry.mtime > record.updated_at]
         if late:
             self._warn_once("data_after_delivery", key.source, key.relpath,
                             f"{', '.join(late)} arrived after the workflow was {record.status}; not delivered. "

@@ -209,14 +209,16 @@ def test_a_folder_the_state_file_cannot_record_yet_is_queued_at_a_later_scan(wor
     assert [folder.key.workflow_id for folder in queued] == ["1"]
 
 
-def test_data_written_into_an_archived_folders_place_after_delivery_is_warned_about(tmp_path, capsys):
+@pytest.mark.parametrize("status, warnings", [(WorkflowStatus.DELIVERED, 1), (WorkflowStatus.QUARANTINED, 0)])
+def test_data_written_into_an_archived_folders_place_after_delivery_is_warned_about(tmp_path, capsys, status,
+                                                                                    warnings):
     base = tmp_path / "base"
     settings = SourceSettings(name="drop", type="local", path=str(base), settle_seconds=0, scan_interval_seconds=10,
                               archive_path=str(tmp_path / "archive"))
     with StateStore(str(tmp_path / "state.db"), clock=lambda: 2_000_000_000.0) as state:
         key = WorkflowKey("drop", UPSERT, "Offer", "1")
         state.record_seen(key, "here")
-        state.finish(key, WorkflowStatus.DELIVERED)      # and the folder was archived
+        state.finish(key, status)      # a delivered folder was archived; a quarantined one may stay
         folder = drop(base, "1", name="RPI_Export_2.txt")
         os.utime(folder / "RPI_Export_2.txt", (1_999_999_000, 1_999_999_000))   # before it finished
         queued, clock = [], Clock()
@@ -230,4 +232,28 @@ def test_data_written_into_an_archived_folders_place_after_delivery_is_warned_ab
             scanner.scan_due()
         logged = capsys.readouterr().out
     assert queued == []
-    assert logged.count("data_after_delivery") == 1 and "retry 1 --force" in logged
+    assert logged.count("data_after_delivery") == warnings and ("retry 1 --force" in logged) == bool(warnings)
+
+
+class BrokenSource(LocalSource):
+    """A source whose listing fails in a way nothing expects (a bug)."""
+
+    def list_dir(self, relpath):
+        raise RuntimeError("a bug in a source")
+
+
+def test_a_source_that_fails_unexpectedly_does_not_hold_up_the_others(tmp_path, capsys):
+    sources = []
+    for name in ("broken", "drop"):
+        base = tmp_path / name
+        base.mkdir()
+        settings = SourceSettings(name=name, type="local", path=str(base), settle_seconds=0, marker_file="done.ok")
+        sources.append((settings, (BrokenSource if name == "broken" else LocalSource)(settings, watch=False)))
+    drop(tmp_path / "drop", "1").joinpath("done.ok").write_text("")
+    with StateStore(str(tmp_path / "state.db")) as state:
+        queued = []
+        scanner = Scanner(sources, dict(DEFAULT_CHANNELS), state, lambda folder, src, cfg: queued.append(folder),
+                          threading.Event(), Clock())
+        scanner.scan_due()
+    assert [folder.key.source for folder in queued] == ["drop"]
+    assert "scan_failed" in capsys.readouterr().out

@@ -521,6 +521,9 @@ def test_the_state_section_alone_is_read_for_operator_commands(tmp_path):
     assert load_state_settings(str(config), {"STATE_DIRECTORY": "/var/lib/x"}).path == "/var/lib/x/state.db"
     config.write_text("braze: {}\nstate:\n  path: run/state.db\n")
     assert load_state_settings(str(config), {}).path == str(tmp_path / "run" / "state.db")
+    config.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_state_settings(str(config), {})
     config.write_text("state:\n  path: 7\n  paht: x\n")
     with pytest.raises(ConfigError) as raised:
         load_state_settings(str(config), {})

@@ -19,7 +19,8 @@ CONNECT_TIMEOUT_SECONDS = 15.0
 OPERATION_TIMEOUT_SECONDS = 60.0
 MOVED_FOLDER_MODE = 0o750
 # The server sent a name that is not UTF-8; the client libraries cannot list a folder holding one.
-NOT_UTF8 = "a file or folder name there is not UTF-8; rename it on the server"
+NOT_UTF8 = ("a file or folder name there is not UTF-8; rename it on the server (until then nothing "
+            "in that folder can be listed)")
 
 
 def require_remote_settings(settings: SourceSettings) -> None:
