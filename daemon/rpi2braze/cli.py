@@ -121,8 +121,10 @@ def _existing_state(arguments: argparse.Namespace):
 
 
 def command_status(arguments: argparse.Namespace) -> int:
+    from rpi2braze.deadletter import workflow_deadletter_path
     from rpi2braze.model import WorkflowStatus
     store = _existing_state(arguments)
+    state_dir = os.path.dirname(os.path.abspath(store.path))
     try:
         records = store.records()
     finally:
@@ -130,14 +132,18 @@ def command_status(arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps([record.as_json() for record in records], indent=2))
         return EXIT_OK
-    shown = records if arguments.all else [r for r in records if r.status != WorkflowStatus.DELIVERED]
+    # delivered workflows with rejected rows need a look too: their rows are in a dead-letter file
+    shown = records if arguments.all else [r for r in records if r.status != WorkflowStatus.DELIVERED
+                                           or r.rows_rejected]
     counts = {str(status): sum(1 for r in records if r.status == status) for status in WorkflowStatus}
     print("  ".join(f"{name}: {count}" for name, count in counts.items()))
     for record in shown:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.updated_at))
         print(f"{record.status:<12} {when}  {record.key.source}: {record.key.relpath}  "
               f"delivered {record.rows_delivered}, rejected {record.rows_rejected}"
-              + (f"\n{'':14}reason: {record.reason}" if record.reason else ""))
+              + (f"\n{'':14}reason: {record.reason}" if record.reason else "")
+              + (f"\n{'':14}rejected rows: {workflow_deadletter_path(state_dir, record.key)}"
+                 if record.rows_rejected else ""))
     return EXIT_OK
 
 

@@ -54,6 +54,11 @@ def deadletter_path(directory: str, key: WorkflowKey) -> str:
     return os.path.join(directory, _safe_name(key.source), f"{readable}.{digest}.csv")
 
 
+def workflow_deadletter_path(state_dir: str, key: WorkflowKey) -> str:
+    """The dead-letter CSV of a workflow whose state file is in `state_dir`."""
+    return deadletter_path(os.path.join(state_dir, "deadletter"), key)
+
+
 def _safe_name(text: str) -> str:
     cleaned = _UNSAFE_CHARACTERS.sub("_", text)[:MAX_NAME_CHARS]
     # A leading dot would make "..", "." or a hidden file; an empty name would vanish from the path.

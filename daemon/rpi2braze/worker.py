@@ -19,7 +19,7 @@ from typing import Callable, ContextManager, Iterator
 from rpi2braze import __version__, archive, metrics
 from rpi2braze.children import processes_for, produce_in_children
 from rpi2braze.config_schema import LOCAL_TYPES
-from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
+from rpi2braze.deadletter import DeadLetterWriter, workflow_deadletter_path
 from rpi2braze.errors import BadFileError, PermanentDeliveryError, ProductionFailed, SourceError, StateError
 from rpi2braze.files import data_files
 from rpi2braze.locks import WorkflowLocks
@@ -103,7 +103,7 @@ class FolderDelivery:
             self._partitions, acked = state.begin(
                 self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
             with self._production(acked) as (headers, batches):
-                path = deadletter_path(os.path.join(self._context.state_dir, "deadletter"), self.key)
+                path = workflow_deadletter_path(self._context.state_dir, self.key)
                 with DeadLetterWriter(path, headers, resuming=bool(acked)) as self._deadletter:
                     try:
                         self._send_all(batches)

@@ -1,5 +1,6 @@
 """The command line as a user runs it: exit codes, messages, -c placement, the sandbox, progress."""
 
+import csv
 import glob
 import json
 import os
@@ -158,6 +159,22 @@ def delivered_workflow(tmp_path, workflow_id: str):
         config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
         assert rpi2braze("-c", config, "process", str(folder)).returncode == 0
     return config, folder
+
+
+def test_status_lists_delivered_workflows_with_rejected_rows_and_where_they_are(tmp_path):
+    config, _ = delivered_workflow(tmp_path, "11")
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "12"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_12.txt").write_text("external_id,email\nu-1,one@example.com\nu-2,not-an-email\n")
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        assert rpi2braze("-c", config, "process", str(folder)).returncode == 0
+    table = rpi2braze("-c", config, "status").stdout
+    assert "Offer/12  delivered 1, rejected 1" in table and "Offer/11" not in table
+    [listed] = [line.split("rejected rows: ")[1] for line in table.splitlines() if "rejected rows: " in line]
+    with open(listed, newline="", encoding="utf-8") as deadletter:
+        assert [row["external_id"] for row in csv.DictReader(deadletter)] == ["u-2"]
+    assert "Offer/11" in rpi2braze("-c", config, "status", "--all").stdout
 
 
 def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
