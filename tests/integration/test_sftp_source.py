@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import time
 
 import pytest
 
-from conftest import generate_ssh_key, key_fingerprint, public_key_text
+from conftest import SshServer, generate_ssh_key, key_fingerprint, public_key_text
 from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.secret import Secret
 from rpi2braze.settings import SourceSettings
@@ -82,6 +84,52 @@ def test_a_name_that_is_not_utf8_makes_its_folder_unusable_with_a_reason_and_no_
     with pytest.raises(SourceError, match="not UTF-8; rename it on the server"):
         source.list_dir("Braze Append")
     assert [entry.name for entry in source.list_dir("")] == ["Braze Append"]   # the session goes on
+
+
+def test_symbolic_links_are_listed_under_their_own_names(source, base):
+    os.symlink(os.path.join(base, "Braze Append"), os.path.join(base, "Braze Onboarding and Upsert"))
+    os.symlink(os.path.join(base, "nowhere"), os.path.join(base, "dangling"))
+    entries = {entry.name: entry.is_dir for entry in source.list_dir("")}
+    assert entries == {"Braze Append": True, "Braze Onboarding and Upsert": True}
+
+
+@contextlib.contextmanager
+def sshd_configured(tmp_path, line: str):
+    """An sshd with one more line in its configuration, or one replaced (the SFTP subsystem)."""
+    server = SshServer(str(tmp_path / "sshd"))
+    with open(server._config, encoding="utf-8") as config:
+        text = config.read()
+    subsystem = next(current for current in text.splitlines() if current.startswith("Subsystem"))
+    with open(server._config, "w", encoding="utf-8") as config:
+        config.write(text.replace(subsystem, line) if line.startswith("Subsystem") else text + line + "\n")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_channel_the_server_closed_while_idle_is_opened_again(tmp_path):
+    with sshd_configured(tmp_path, "ChannelTimeout session:subsystem:sftp=1s session=1s") as server:   # OpenSSH 9.2+
+        os.makedirs(os.path.join(server.root, "exports", "Braze Append"))
+        source = SftpSource(sftp_settings(server, os.path.join(server.root, "exports")))
+        try:
+            for _ in range(3):
+                assert [entry.name for entry in source.list_dir("")] == ["Braze Append"]
+                time.sleep(3)   # the server closes the idle channel; the connection stays
+        finally:
+            source.close()
+
+
+def test_a_server_that_starts_no_sftp_subsystem_is_unavailable_not_waited_for(tmp_path, monkeypatch):
+    monkeypatch.setattr("rpi2braze.sources.sftp_connect.OPERATION_TIMEOUT_SECONDS", 2.0)
+    with sshd_configured(tmp_path, "Subsystem sftp /bin/sleep 600") as server:
+        source = SftpSource(sftp_settings(server, "exports"))
+        try:
+            with pytest.raises(SourceUnavailable):
+                source.list_dir("")
+        finally:
+            source.close()
 
 
 def test_describe_names_user_host_port_and_path(sshd_server, source, base):

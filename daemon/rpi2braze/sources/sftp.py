@@ -23,7 +23,7 @@ from rpi2braze.log import get_logger
 from rpi2braze.model import FileEntry
 from rpi2braze.settings import SourceSettings
 from rpi2braze.sources import remote
-from rpi2braze.sources.sftp_connect import connect
+from rpi2braze.sources.sftp_connect import connect, open_sftp
 from rpi2braze.sources.sftp_stream import open_stream
 
 log = get_logger(__name__)
@@ -114,16 +114,11 @@ class SftpSource:
         if self._client is None or not self._client.get_transport() or not self._client.get_transport().is_active():
             self._disconnect()
             self._client = connect(self._settings, self._port, self._remembered_keys)
+        if self._sftp is not None and self._sftp.get_channel().closed:   # the server closed it (ChannelTimeout)
+            self._drop_channel()
         if self._sftp is None:
-            self._sftp = self._open_channel(self._client.get_transport())
+            self._sftp = open_sftp(self._client.get_transport())
         return self._sftp
-
-    def _open_channel(self, transport: paramiko.Transport | None) -> paramiko.SFTPClient:
-        sftp = paramiko.SFTPClient.from_transport(transport) if transport else None
-        if sftp is None:
-            raise SourceUnavailable(f"source {self.name}: the server refused an SFTP channel")
-        sftp.get_channel().settimeout(remote.OPERATION_TIMEOUT_SECONDS)
-        return sftp
 
     def _drop_channel(self) -> None:
         if self._sftp is not None:
@@ -140,12 +135,13 @@ class SftpSource:
     def _entry(self, sftp: paramiko.SFTPClient, folder: str, item: paramiko.SFTPAttributes) -> FileEntry | None:
         """Return the FileEntry for one listed item, following a symbolic link the way a local
         listing does; None for a link that points nowhere."""
+        name = item.filename
         if stat.S_ISLNK(item.st_mode or 0):
             try:
-                item = sftp.stat(posixpath.join(folder, item.filename))
+                item = sftp.stat(posixpath.join(folder, name))   # the target's attributes carry no name
             except FileNotFoundError:
                 return None
-        return FileEntry(item.filename, stat.S_ISDIR(item.st_mode or 0), item.st_size or 0, float(item.st_mtime or 0))
+        return FileEntry(name, stat.S_ISDIR(item.st_mode or 0), item.st_size or 0, float(item.st_mtime or 0))
 
     def _translate(self, error: Exception, action: str) -> Exception:
         """Return what to raise for `error`: a refused permission is SourceError (configuration), a

@@ -21,7 +21,7 @@ import paramiko
 from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.log import get_logger
 from rpi2braze.settings import SourceSettings
-from rpi2braze.sources.remote import CONNECT_TIMEOUT_SECONDS, error_reason
+from rpi2braze.sources.remote import CONNECT_TIMEOUT_SECONDS, OPERATION_TIMEOUT_SECONDS, error_reason
 
 log = get_logger(__name__)
 # Keeps an idle connection alive through firewalls and NAT, and notices a dead one.
@@ -56,6 +56,21 @@ def connect(settings: SourceSettings, port: int, remembered_keys: paramiko.HostK
         raise _translate(error, settings, port) from None
     client.get_transport().set_keepalive(KEEPALIVE_SECONDS)  # type: ignore[union-attr]
     return client
+
+
+def open_sftp(transport: paramiko.Transport, **sizes) -> paramiko.SFTPClient:
+    """An SFTP channel on `transport` whose every wait ends after OPERATION_TIMEOUT_SECONDS
+    (socket.timeout). paramiko's SFTPClient.from_transport sets no timeout before the version
+    exchange, so a server that starts no SFTP subsystem would hold the caller (the scanner, and
+    every source after it) for ever. `sizes`: window_size and max_packet_size."""
+    channel = transport.open_session(timeout=OPERATION_TIMEOUT_SECONDS, **sizes)
+    channel.settimeout(OPERATION_TIMEOUT_SECONDS)
+    try:
+        channel.invoke_subsystem("sftp")
+        return paramiko.SFTPClient(channel)
+    except BaseException:
+        channel.close()
+        raise
 
 
 def new_transport(sock, **options) -> paramiko.Transport:

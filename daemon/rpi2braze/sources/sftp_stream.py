@@ -32,6 +32,7 @@ import paramiko
 
 from rpi2braze.errors import SourceUnavailable
 from rpi2braze.sources import remote
+from rpi2braze.sources.sftp_connect import open_sftp
 from rpi2braze.sources.sftp_wire import EXTENDED, EXTENDED_REPLY, READ, SftpWire, data_of, string
 
 CHANNEL_WINDOW_BYTES = 8 * 1024 * 1024
@@ -54,13 +55,9 @@ def open_stream(transport: paramiko.Transport, path: str, label: str, offset: in
     Raise paramiko's or the OS's exceptions (the caller translates them); the channel is closed
     if the file cannot be opened.
     """
-    sftp = paramiko.SFTPClient.from_transport(
-        transport, window_size=CHANNEL_WINDOW_BYTES, max_packet_size=CHANNEL_MAX_PACKET_BYTES)
-    if sftp is None:
-        raise paramiko.SSHException("the server refused an SFTP channel")
+    sftp = open_sftp(transport, window_size=CHANNEL_WINDOW_BYTES, max_packet_size=CHANNEL_MAX_PACKET_BYTES)
     try:
         channel = sftp.get_channel()
-        channel.settimeout(remote.OPERATION_TIMEOUT_SECONDS)
         handle = sftp.open(path, "rb")
         size = handle.stat().st_size or 0
         wire = SftpWire(channel, RECEIVE_BYTES)
