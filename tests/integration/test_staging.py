@@ -46,10 +46,13 @@ class RestartingServer:
     """A real remote source whose first download sees the server killed and restarted after `after`
     bytes (the tests' own trigger; the source and the server are real). Records each open's offset."""
 
-    def __init__(self, remote, server, after: int):
+    def __init__(self, remote, server, after: int, while_down=lambda: None):
         self.name = remote.name
         self.offsets: list[int] = []
-        self._remote, self._server, self._after = remote, server, after
+        self._remote, self._server, self._after, self._while_down = remote, server, after, while_down
+
+    def list_dir(self, relpath: str):
+        return self._remote.list_dir(relpath)
 
     def open_file(self, relpath: str, offset: int = 0):
         self.offsets.append(offset)
@@ -60,6 +63,7 @@ class RestartingServer:
             def read(size=-1):
                 if done[0] >= self._after and self._server is not None:
                     self._server.stop()
+                    self._while_down()
                     self._server.start()
                     self._server = None
                 data = original_read(size)
@@ -82,6 +86,26 @@ def test_a_download_cut_by_a_server_restart_resumes_where_it_stopped(tmp_path, s
             details = os.fstat(staged.fileno())
             assert stat.S_IMODE(details.st_mode) == 0o600 and details.st_nlink == 0  # private, unnamed
         assert os.listdir(tmp_path / "staging") == []
+    finally:
+        remote.close()
+
+
+@pytest.mark.parametrize("new_size", [4 * 1024 * 1024, 30 * 1024 * 1024], ids=["shorter", "longer"])
+def test_a_file_replaced_while_its_download_was_cut_is_not_read(tmp_path, sshd_server, new_size):
+    put_file(sshd_server.root, 24 * 1024 * 1024 + 123)
+    remote = sftp_source(sshd_server)
+    path = os.path.join(sshd_server.root, "exports", FILE)
+
+    def replace():   # RPI wrote the export again while the server was away
+        with open(path, "wb") as target:
+            target.write(b"x" * new_size)
+        os.utime(path, (1_900_000_000, 1_900_000_000))
+
+    flaky = RestartingServer(remote, sshd_server, after=1024 * 1024, while_down=replace)
+    try:
+        with pytest.raises(SourceUnavailable, match="changed while it was downloaded"):
+            StagedSource(flaky, str(tmp_path / "staging"), sleep=lambda seconds: None).open_file(FILE)
+        assert len(flaky.offsets) == 2 and os.listdir(tmp_path / "staging") == []
     finally:
         remote.close()
 

@@ -85,18 +85,33 @@ class StagedSource:
                                     f"{self._folder}: {error.strerror}") from None
 
     def _download(self, relpath: str, staged: BinaryIO) -> None:
-        """Copy the remote file into `staged`, resuming after a failure while attempts remain."""
+        """Copy the remote file into `staged`, resuming after a failure while attempts remain.
+        Raise SourceUnavailable if the file changed meanwhile (its size or time): a copy resumed
+        into another file's bytes, or cut short, must not be read."""
+        listed = None
         for delay in (*RESUME_DELAYS_SECONDS, None):
             try:
+                listed = listed or self._listed(relpath)   # as it was when the download began
                 with self._remote.open_file(relpath, offset=staged.tell()) as stream:
                     _copy(stream, staged, self._folder)
-                return
+                break
             except SourceError as error:
                 if delay is None or not isinstance(error, SourceUnavailable):
                     raise
                 log.warning("staging_download_interrupted", source=self.name, file=relpath,
                             resume_at=staged.tell(), resume_in_seconds=delay, reason=str(error))
                 self._sleep(delay)
+        if staged.tell() != listed.size or self._listed(relpath) != listed:
+            raise SourceUnavailable(f"source {self.name}: {relpath} changed while it was downloaded; "
+                                    "the folder is read again once it settles")
+
+    def _listed(self, relpath: str) -> FileEntry:
+        """The remote file's entry in its folder's listing: its size and time."""
+        folder, _, name = relpath.rpartition("/")
+        entry = next((entry for entry in self._remote.list_dir(folder) if entry.name == name), None)
+        if entry is None:
+            raise SourceUnavailable(f"source {self.name}: {relpath} is no longer there")
+        return entry
 
 
 def _copy(stream: BinaryIO, staged: BinaryIO, folder: str) -> None:
