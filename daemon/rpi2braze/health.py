@@ -32,6 +32,16 @@ class Health:
                 self._down_since.setdefault(component, self._clock())
                 self._reasons[component] = reason
 
+    def forget_except(self, prefix: str, keep: set[str]) -> None:
+        """Forget the components named `prefix` + something not in `keep` (sources a reload removed),
+        so one that was down does not keep /healthz failing for ever."""
+        with self._lock:
+            for component in [name for name in self._known if name.startswith(prefix)
+                              and name[len(prefix):] not in keep]:
+                self._known.discard(component)
+                self._down_since.pop(component, None)
+                self._reasons.pop(component, None)
+
     def report(self, threshold: float = DOWN_THRESHOLD_SECONDS) -> tuple[bool, dict]:
         """Return (healthy, details): unhealthy if a component is down for longer than `threshold`."""
         now = self._clock()

@@ -94,20 +94,31 @@ SOURCE_UP = Gauge(
 )
 BRAZE_UP = Gauge(
     "rpi2braze_braze_up",
-    "1 if the last request to Braze got an answer that was not a configuration error, else 0.",
+    "0 if the last request to Braze got no answer or a configuration error, else 1 (also before "
+    "the first request: an idle daemon is not one Braze refuses).",
     registry=REGISTRY,
 )
+BRAZE_UP.set(1)
 
 for _outcome in ROW_OUTCOMES:
     ROWS.labels(outcome=_outcome)
 
 
-def register_source(name: str) -> None:
-    """Create the series of source `name` at zero, so dashboards and alerts see it before the first
-    folder arrives (a series that does not exist cannot alert)."""
-    for outcome in FOLDER_OUTCOMES:
-        FOLDERS.labels(source=name, outcome=outcome)
-    SOURCE_UP.labels(source=name)
+_registered_sources: set[str] = set()
+
+
+def register_sources(names: set[str]) -> None:
+    """Create the series of these sources at zero, so dashboards and alerts see them before the
+    first folder arrives (a series that does not exist cannot alert); drop the source_up series of
+    sources a reload removed, which would otherwise read as down for ever."""
+    for name in names:
+        for outcome in FOLDER_OUTCOMES:
+            FOLDERS.labels(source=name, outcome=outcome)
+        SOURCE_UP.labels(source=name)
+    for name in _registered_sources - names:
+        SOURCE_UP.remove(name)
+    _registered_sources.clear()
+    _registered_sources.update(names)
 
 
 def render() -> tuple[bytes, str]:

@@ -52,8 +52,8 @@ class Scanner:
     def __init__(self, sources: list[tuple[SourceSettings, Source]], channels: dict[str, ChannelMode],
                  state: StateStore, submit: Submit, stop: threading.Event, clock: Callable[[], float] = time.monotonic):
         self._watched = {settings.name: _Watched(settings, source) for settings, source in sources}
-        for name in self._watched:
-            metrics.register_source(name)
+        metrics.register_sources(set(self._watched))
+        HEALTH.forget_except("source:", set(self._watched))
         self._channels = channels
         self._state = state
         self._submit = submit

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from rpi2braze import metrics
 from rpi2braze.health import HEALTH
 from rpi2braze.model import ChannelMode, WorkflowKey, WorkflowStatus
 from rpi2braze.scanner import MAX_DOWN_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
@@ -257,3 +258,20 @@ def test_a_source_that_fails_unexpectedly_does_not_hold_up_the_others(tmp_path, 
         scanner.scan_due()
     assert [folder.key.source for folder in queued] == ["drop"]
     assert "scan_failed" in capsys.readouterr().out
+
+
+def test_a_source_a_reload_removed_leaves_health_and_metrics(tmp_path):
+    def scanner_of(name):
+        settings = SourceSettings(name=name, type="local", path=str(tmp_path / name))
+        return Scanner([(settings, LocalSource(settings, watch=False))], dict(DEFAULT_CHANNELS), state,
+                       lambda *queued: None, threading.Event(), Clock())
+
+    with StateStore(str(tmp_path / "state.db")) as state:
+        scanner_of("old-name").scan_due()                   # its base folder does not exist: down
+        assert "source:old-name" in HEALTH.report()[1]["down"]
+        scanner_of("new-name")                              # the engine a reload builds
+    details = HEALTH.report()[1]
+    assert "source:old-name" not in details["components"] and "source:old-name" not in details["down"]
+    exposed = metrics.render()[0].decode()
+    assert 'rpi2braze_source_up{source="new-name"}' in exposed
+    assert 'rpi2braze_source_up{source="old-name"}' not in exposed

@@ -196,3 +196,11 @@ def test_a_reload_that_cannot_start_either_configuration_exits_1_for_systemd_to_
     events = [event["event"] for event in daemon.events()]
     assert "reload_failed" in events and "restart_failed" in events
 
+
+def test_a_daemon_that_has_sent_nothing_yet_reads_as_braze_up(tmp_path, sandbox, running):
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "drop")),
+                          extra="http:\n  listen: 127.0.0.1:0\n")
+    daemon = running(config)
+    exposed = httpx.get(f"http://127.0.0.1:{http_port(daemon)}/metrics").text
+    assert "\nrpi2braze_braze_up 1.0\n" in exposed and sandbox.requests == []
+
