@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 
-from rpi2braze.errors import SourceError
+from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.log import get_logger
 from rpi2braze.model import ExportFolder, WorkflowStatus
 from rpi2braze.pipeline import Pipeline
@@ -62,6 +62,9 @@ class Engine:
         for part in (channel, offer, workflow_id):
             if part in ("", ".", "..") or any(bad in part for bad in ("/", "\\", "\x00")):
                 raise SourceError(f"not a usable folder name: {part!r}")
+        if self.stop.is_set():   # nothing takes folders from the queue any more
+            raise SourceUnavailable("rpi2braze is stopping or reloading; the folder is delivered once it "
+                                    "settles, or when this call is made again")
         folder = self.scanner.queue_now(source_name, channel, offer, workflow_id)
         relpath = f"{channel}/{offer}/{workflow_id}"
         return folder.location if folder else f"{relpath} (not queued now: finished, busy, or no data file yet)"

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from rpi2braze import metrics
-from rpi2braze.errors import SourceError
+from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.log import get_logger
 from rpi2braze.secret import Secret
 
@@ -215,6 +215,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             folder = self.server.api.on_post_execution(call)
+        except SourceUnavailable as exc:   # stopping or reloading: RPI may call again, or the scan finds it
+            log.warning("post_execution_deferred", reason=str(exc))
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
         except SourceError as exc:
             log.warning("post_execution_refused", reason=str(exc))
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})

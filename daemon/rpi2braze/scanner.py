@@ -137,7 +137,8 @@ class Scanner:
     def queue_now(self, source_name: str, channel: str, offer: str, workflow_id: str) -> ExportFolder | None:
         """RPI said this folder is complete: queue it without waiting to settle.
 
-        Raise SourceError if the source or channel is unknown. Return None if it is already
+        Raise SourceError if the source or channel is unknown, or the folder is not there (nor
+        known); SourceUnavailable if the source cannot be listed. Return None if it is already
         finished or being delivered, or has no data file yet (the regular scan will find it).
         """
         watched = self._watched.get(source_name)
@@ -146,6 +147,11 @@ class Scanner:
         if channel not in self._channels:
             raise SourceError(f"channel {channel!r} is not configured (channels: {', '.join(self._channels)})")
         key = WorkflowKey(source_name, channel, offer, workflow_id)
+        with self._lock:
+            known = key in self._finished or key in self._busy
+        if not known and not watched.source.list_dir(key.relpath):   # a call naming the wrong folder
+            raise SourceError(f"no folder {key.relpath} in source {source_name} "
+                              f"({watched.source.describe(key.relpath)}), or it is empty")
         return self._consider(watched, key, force=True)
 
     def _refresh_finished(self) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from rpi2braze.errors import SourceError
+from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.http_api import HttpApi, PostExecution
 from rpi2braze.secret import Secret
 from rpi2braze.sources.base import safe_join
@@ -221,6 +221,12 @@ def test_wrong_methods_and_paths(client, method, path, status, allow):
     response = client.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == status
     assert response.headers.get("Allow") == allow
+
+
+def test_a_call_while_the_daemon_stops_or_reloads_gets_503_with_the_reason(client, daemon):
+    daemon.fail_with = SourceUnavailable("rpi2braze is stopping or reloading")
+    response = post(client, RPI_SAMPLE)
+    assert response.status_code == 503 and "reloading" in response.json()["error"]
 
 
 def test_a_failing_callback_gets_a_generic_500(client, daemon):

@@ -7,6 +7,7 @@ import threading
 import pytest
 
 from rpi2braze import metrics
+from rpi2braze.errors import SourceError
 from rpi2braze.health import HEALTH
 from rpi2braze.model import ChannelMode, WorkflowKey, WorkflowStatus
 from rpi2braze.scanner import MAX_DOWN_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
@@ -146,7 +147,9 @@ def test_queue_now_skips_the_settle_time_but_not_the_rules(world):
     drop(base, "1")
     assert scanner.queue_now("drop", UPSERT, "Offer", "1") is not None
     assert scanner.queue_now("drop", UPSERT, "Offer", "1") is None      # already busy
-    assert scanner.queue_now("drop", UPSERT, "Offer", "missing") is None
+    with pytest.raises(SourceError, match="no folder Braze Onboarding and Upsert/Offer/missing in source drop"):
+        scanner.queue_now("drop", UPSERT, "Offer", "missing")     # RPI's call names the wrong folder
+    assert scanner.queue_now("drop", UPSERT, "Offer", "1") is None      # known: busy, not looked for
     drop(base, "2", name="RPI_Export_2.txt.part")
     assert scanner.queue_now("drop", UPSERT, "Offer", "2") is None      # still being written
     with pytest.raises(Exception, match="not configured"):

@@ -5,12 +5,16 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 
 import httpx
 import pytest
 
 from daemon_helpers import API_KEY, DaemonProcess, cli, local_source, status, wait_for, wait_status, write_config
+from rpi2braze.config import load_settings
+from rpi2braze.engine import Engine
+from rpi2braze.errors import SourceUnavailable
 from rpi2braze.sandbox.server import Faults, SandboxServer
 from samples import RPI_POST_EXECUTION
 
@@ -204,3 +208,15 @@ def test_a_daemon_that_has_sent_nothing_yet_reads_as_braze_up(tmp_path, sandbox,
     exposed = httpx.get(f"http://127.0.0.1:{http_port(daemon)}/metrics").text
     assert "\nrpi2braze_braze_up 1.0\n" in exposed and sandbox.requests == []
 
+
+
+def test_rpis_call_during_a_stop_is_answered_503_not_queued(tmp_path, sandbox):
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "drop"), settle=3600))
+    export(tmp_path / "drop" / UPSERT / "Spring Offer" / "8828" / "RPI_Export_5719.txt", 10)
+    engine = Engine(load_settings(config, {"TEST_BRAZE_API_KEY": API_KEY}))
+    try:
+        engine.drain(time.monotonic() + 5, threading.Event())   # as SIGTERM and SIGHUP do
+        with pytest.raises(SourceUnavailable, match="stopping or reloading"):
+            engine.queue_now("drop", UPSERT, "Spring Offer", "8828")
+    finally:
+        engine.close(timeout=5)
