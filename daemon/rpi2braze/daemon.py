@@ -59,7 +59,7 @@ class Daemon:
                     log.exception("supervision_error")
             log.info("daemon_stopping", reason="signal")
             self._notifier.stopping()
-            self._engine.drain(self._drain_deadline(), self._force)
+            self._engine.drain(self._drain_deadline(), self._force, self._notifier.watchdog)
             return self._exit_code
         finally:
             self._teardown()
@@ -91,7 +91,7 @@ class Daemon:
             return
         self._notifier.reloading()
         log.info("reload_started")
-        self._engine.drain(self._drain_deadline(), self._force)
+        self._engine.drain(self._drain_deadline(), self._force, self._notifier.watchdog)
         self._engine.close(timeout=5.0)
         if self._http is not None:
             self._http.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import Callable
 
 from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.log import get_logger
@@ -76,8 +77,9 @@ class Engine:
                 log.error("thread_died", thread=name)
                 self._spawn(name, self._targets[name])
 
-    def drain(self, deadline: float, force: threading.Event) -> None:
-        """Stop taking work, let batches in flight finish until `deadline` (monotonic) or `force`."""
+    def drain(self, deadline: float, force: threading.Event, alive: Callable[[], None] = lambda: None) -> None:
+        """Stop taking work, let batches in flight finish until `deadline` (monotonic) or `force`.
+        `alive()` is called while it waits (systemd's watchdog: a drain may outlast its period)."""
         self.stop.set()
         self.scanner.wake()   # it may be waiting out a long scan interval
         for _ in self._threads:
@@ -85,6 +87,7 @@ class Engine:
         for thread in self._threads.values():
             while thread.is_alive() and not force.is_set() and time.monotonic() < deadline:
                 thread.join(0.2)
+                alive()
         waiting = [name for name, thread in self._threads.items() if thread.is_alive()]
         if waiting:
             log.warning("drain_incomplete", waiting=waiting)

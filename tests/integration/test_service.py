@@ -220,3 +220,27 @@ def test_rpis_call_during_a_stop_is_answered_503_not_queued(tmp_path, sandbox):
             engine.queue_now("drop", UPSERT, "Spring Offer", "8828")
     finally:
         engine.close(timeout=5)
+
+
+def test_the_watchdog_is_fed_while_a_reload_waits_for_batches_in_flight(tmp_path, running):
+    # systemd kills a service that stays silent for WatchdogSec, and a drain may last timeout_seconds.
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(15)
+    with SandboxServer(api_key=API_KEY, faults=Faults(latency_seconds=3.0)) as slow:
+        config = write_config(str(tmp_path), slow.url, local_source(str(tmp_path / "drop"), settle=0))
+        try:
+            daemon = running(config, NOTIFY_SOCKET=address, WATCHDOG_USEC="2000000")
+            export(tmp_path / "drop" / UPSERT / "Offer" / "1" / "RPI_Export_1.txt", 10)
+            wait_for(lambda: "folder_queued" in daemon.log(), timeout=20, what="the folder queued")
+            time.sleep(1.0)   # its one request is on its way: Braze answers after 3 s
+            daemon.process.send_signal(signal.SIGHUP)
+            messages = []
+            while "RELOADING=1" not in messages or "READY=1" not in messages[messages.index("RELOADING=1"):]:
+                messages.extend(listener.recv(4096).decode().splitlines())
+            reload = messages[messages.index("RELOADING=1"):]
+            assert "WATCHDOG=1" in reload[:reload.index("READY=1")]
+            assert daemon.terminate() == 0
+        finally:
+            listener.close()

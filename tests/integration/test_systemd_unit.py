@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from rpi2braze.cli import EXIT_CONFIG
+
 SYSTEMD_DIR = Path(__file__).resolve().parents[2] / "systemd"
 UNIT = SYSTEMD_DIR / "rpi2braze.service"
 SYSUSERS = SYSTEMD_DIR / "rpi2braze.sysusers.conf"
@@ -80,6 +82,8 @@ def test_the_unit_runs_the_daemon_the_way_the_daemon_expects():
         "LoadCredential": ["braze_api_key:/etc/rpi2braze/braze_api_key"],
         "User": ["rpi2braze"],
         "UMask": ["0077"],
+        "Restart": ["on-failure"],
+        "RestartPreventExitStatus": [str(EXIT_CONFIG)],   # a bad config is not retried every 5 s
     }
     assert {key: settings.get(key) for key in expected} == expected
     assert settings["ExecStart"][0].endswith(" -c /etc/rpi2braze/config.yaml run")
