@@ -36,6 +36,9 @@ MAX_PROCESSES = 4
 _QUEUED_PER_PROCESS = 2
 PIPE_BYTES = 1024 * 1024   # Linux's default pipe-max-size
 _POLL_SECONDS = 0.2
+# Once the header is in, batches flow while a child reads: this long without one, it is stuck
+# (a hung network share). Before the header there is no limit: it may be downloading (staging_path).
+READING_STALL_SECONDS = 300.0
 _JOIN_SECONDS = 5.0
 _ENDED = ("ended",)   # a child's output closed (or could no longer be read)
 
@@ -125,7 +128,7 @@ class _Merge:
     def batches(self) -> Iterator[Batch]:
         finished: set[int] = set()
         while len(finished) < self._count:
-            index, message = self._next()
+            index, message = self._next_after_header()
             if message[0] == "end":
                 finished.add(index)
             elif message is _ENDED:
@@ -135,14 +138,24 @@ class _Merge:
                 _expect(message, "batch")
                 yield batch_of(self._key, message)
 
-    def _next(self) -> tuple[int, tuple]:
-        """The next (child index, message); raise ProductionFailed if the stop is set meanwhile."""
+    def _next_after_header(self) -> tuple[int, tuple]:
+        try:
+            return self._next(deadline=time.monotonic() + READING_STALL_SECONDS)
+        except queue.Empty:
+            raise ProductionFailed(f"the reading processes sent nothing for {READING_STALL_SECONDS:.0f} s "
+                                   "(stuck reading the source?); the folder is tried again later") from None
+
+    def _next(self, deadline: float | None = None) -> tuple[int, tuple]:
+        """The next (child index, message); raise ProductionFailed if the stop is set meanwhile,
+        queue.Empty if none came by `deadline` (monotonic)."""
         while True:
             try:
                 return self._queue.get(timeout=_POLL_SECONDS)
             except queue.Empty:
                 if self._stop is not None and self._stop.is_set():
                     raise ProductionFailed("stopped while the reading processes were still reading") from None
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
 
     def close(self) -> None:
         """Stop queueing: each thread returns at its next message or the end of its pipe."""

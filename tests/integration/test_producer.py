@@ -1,5 +1,6 @@
 """A big folder is read, mapped and batched by a child process: the same batches, the same errors."""
 
+import contextlib
 import dataclasses
 import io
 import os
@@ -237,23 +238,23 @@ def test_the_child_ignores_sigterm_sent_to_its_group(tmp_path):
         assert numbers == [batch.number for batch in batches]
 
 
-@pytest.mark.parametrize("rows", [0, 8000], ids=["before-the-header", "mid-file"])
-def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
-    """A data file that stops (a FIFO whose writer goes quiet) must not hold up a warm stop,
-    whether the reading process has answered yet or not. (8,000 rows: more than one 256 KiB
-    read, which a FIFO only answers whole, so the child reads the rows it plans with first.)"""
+@contextlib.contextmanager
+def stalling_export(tmp_path, rows: int, on_stall=lambda: None):
+    """A job whose data file (a FIFO) gives `rows` rows, then nothing more until the test ends,
+    as a hung network share would; `on_stall()` runs once the writer stops writing. (8,000 rows
+    are more than one 256 KiB read, which a FIFO only answers whole, so the child gets the rows it
+    plans with.)"""
     folder = tmp_path / UPSERT / OFFER / "7012"
     folder.mkdir(parents=True)
     os.mkfifo(folder / "RPI_Export_7012.txt")
-    stop, release = threading.Event(), threading.Event()
+    release = threading.Event()
 
     def write_then_stall():
         with open(folder / "RPI_Export_7012.txt", "w", encoding="utf-8") as fifo:   # waits for the child
             if rows:
                 fifo.write(HEADER + "".join(row.line() for row in export_rows("f", rows)))
                 fifo.flush()
-            if not rows:
-                threading.Timer(0.5, stop.set).start()   # the child waits for its first bytes by then
+            on_stall()
             release.wait(30)
 
     writer = threading.Thread(target=write_then_stall, daemon=True)
@@ -261,16 +262,33 @@ def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
     settings = SourceSettings(name="drop", type="local", path=str(tmp_path))
     key = WorkflowKey("drop", UPSERT, OFFER, "7012")
     entry = FileEntry("RPI_Export_7012.txt", False, 0, 0.0)
-    job = Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), 10_000, 4_000_000, 4)
-    try:
+    try:   # 10,000 objects a batch: no batch is due before the end
+        yield Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), 10_000, 4_000_000, 4)
+    finally:
+        release.set()
+        writer.join(10)
+
+
+@pytest.mark.parametrize("rows", [0, 8000], ids=["before-the-header", "mid-file"])
+def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
+    """A data file that stops must not hold up a warm stop, whether the reading process has
+    answered yet or not."""
+    stop = threading.Event()
+    on_stall = (lambda: threading.Timer(0.5, stop.set).start()) if not rows else (lambda: None)
+    with stalling_export(tmp_path, rows, on_stall) as job:
         with pytest.raises(ProductionFailed, match="stopped while the reading processes were still reading"):
             with produce_in_children(job, 1, stop) as (headers, batches):
                 assert rows and headers[0][0] == "RPI_Export_7012.txt" and headers[0][1][2] == "external_id"
                 stop.set()
-                next(batches)   # no batch is due: 8,000 rows in 4 partitions of 10,000 objects
-    finally:
-        release.set()
-        writer.join(10)
+                next(batches)
+
+
+def test_a_reading_process_that_sends_nothing_for_too_long_fails_the_production(tmp_path, monkeypatch):
+    monkeypatch.setattr("rpi2braze.children.READING_STALL_SECONDS", 1.0)
+    with stalling_export(tmp_path, 8000) as job:
+        with pytest.raises(ProductionFailed, match="sent nothing for 1 s"):
+            with produce_in_children(job, 1) as (_, batches):
+                next(batches)
 
 
 def test_no_process_at_all_is_refused(tmp_path):
