@@ -79,6 +79,16 @@ def test_a_name_that_is_not_utf8_makes_its_folder_unusable_with_a_reason_and_no_
     assert [entry.name for entry in source.list_dir("")] == ["Braze Append"]   # the connection goes on
 
 
+def test_a_folder_the_account_may_not_list_is_an_error_not_an_empty_folder(ftp_server, source):
+    base = make_workflow(ftp_server)
+    write(base, f"{WORKFLOW}/RPI_Export_1.txt", b"external_id\n1\n")
+    ftp_server._server.handler.authorizer.override_perm(
+        ftp_server.username, os.path.join(base, WORKFLOW), "e", recursive=True)   # no "l": listing refused
+    with pytest.raises(SourceError, match="cannot list .*1234: the server refused \\(550"):
+        source.list_dir(WORKFLOW)
+    assert source.list_dir("Braze Append/Offer A/9999") == []   # a folder that is not there is empty
+
+
 def test_describe_names_user_host_port_and_path(ftp_server, source):
     assert source.describe(WORKFLOW) == f"ftp://rpi@127.0.0.1:{ftp_server.port}/exports/{WORKFLOW}"
     assert source.watch(lambda: None) is None

@@ -64,6 +64,9 @@ class FtpSource:
                 if not remote.normalise_relpath(relpath):
                     raise SourceUnavailable(
                         f"source {self.name}: base folder {self.describe('')} does not exist") from None
+                if _listed_as_folder(ftp, path):   # 550 says "missing" and "forbidden" alike
+                    raise SourceError(f"source {self.name}: cannot list {self.describe(relpath)}: "
+                                      f"the server refused ({str(error).strip()})") from None
                 return []
 
         found = self._run(f"cannot list {self.describe(relpath)}", listing)
@@ -204,6 +207,16 @@ class FtpSource:
         if isinstance(error, _CONNECTION_ERRORS):
             return SourceUnavailable(f"{prefix}: {remote.error_reason(error)}")
         return error
+
+
+def _listed_as_folder(ftp: ftplib.FTP, path: str) -> bool:
+    """Whether `path` is a folder in its parent's listing (so a 550 for it means not allowed)."""
+    parent, _, name = path.rstrip("/").rpartition("/")
+    try:
+        return any(listed == name and facts.get("type", "").lower() == "dir"
+                   for listed, facts in ftp.mlsd(parent or "/", ["type"]))
+    except ftplib.error_perm:
+        return False
 
 
 def _entry(name: str, facts: dict[str, str]) -> FileEntry:
