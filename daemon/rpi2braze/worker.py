@@ -78,6 +78,7 @@ class FolderDelivery:
         self._deadletter: DeadLetterWriter | None = None
         self._partitions = 1
         self._shown_refused = False
+        self._gone = False            # the folder was moved away once every row was read
         self.busy_elsewhere = False   # run() found another process delivering this workflow
 
     def run(self, watch: Callable[[], ContextManager] = contextlib.nullcontext) -> WorkflowStatus:
@@ -111,7 +112,7 @@ class FolderDelivery:
                         self._wait_outstanding()
             if not self._interrupted and self._failure is None:
                 # a writer that paused longer than settle_seconds and went on: not delivered
-                self._check_listing("the folder changed while it was being read; "
+                self._check_listing(after_reading=True, problem="the folder changed while it was being read; "
                                     "it will be delivered again once it settles")
         except BadFileError as error:
             return self._quarantine(str(error))
@@ -145,9 +146,16 @@ class FolderDelivery:
                  sorted((entry.name, entry.size, entry.mtime) for entry in self.folder.data_files))
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:32]
 
-    def _check_listing(self, problem: str) -> None:
-        """Raise SourceError(problem) if the folder's data files are not those it settled with."""
+    def _check_listing(self, problem: str, after_reading: bool = False) -> None:
+        """Raise SourceError(problem) if the folder's data files are not those it settled with.
+        After reading every file to its end, a folder that is gone (moved away meanwhile) is not
+        a change: every row was read and acknowledged, and no later scan would find it again."""
         current = data_files(self._source.list_dir(self.key.relpath), self._source_settings.data_files)
+        if after_reading and not current:
+            log.warning("folder_gone_after_delivery", workflow_id=self.key.workflow_id, source=self.key.source,
+                        location=self.folder.location, hint="every row was read and delivered; nothing to archive")
+            self._gone = True
+            return
         if {entry.name: entry for entry in current} != {entry.name: entry for entry in self.folder.data_files}:
             raise SourceError(problem)
 
@@ -227,7 +235,8 @@ class FolderDelivery:
                  workflow_id=self.key.workflow_id, rows_delivered=record.rows_delivered,
                  rows_rejected=record.rows_rejected, location=self.folder.location)
         metrics.FOLDERS.labels(source=self.key.source, outcome="delivered").inc()
-        archive.after_delivery(self._source, self._source_settings, self.key)
+        if not self._gone:
+            archive.after_delivery(self._source, self._source_settings, self.key)
         return WorkflowStatus.DELIVERED
 
     def _postpone(self, reason: str) -> WorkflowStatus:

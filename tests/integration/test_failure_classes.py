@@ -204,3 +204,31 @@ def test_a_state_file_too_busy_to_show_a_refusal_does_not_end_the_wait_for_held_
     assert outcome == {"status": WorkflowStatus.DELIVERED}
     assert (record.status, record.rows_delivered) == (WorkflowStatus.DELIVERED, 600)
     assert len(sent) == len(set(sent)) == 600
+
+
+def test_a_folder_moved_away_once_every_row_was_read_is_delivered_not_pending_for_ever(tmp_path):
+    folder = write_export(tmp_path / "drop", "Offer", "66", export_rows("m", 150))
+    # Braze answers after a second: the rows are read and on their way when the folder goes.
+    with SandboxServer(api_key=API_KEY, faults=Faults(latency_seconds=1.0)) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(
+            str(tmp_path / "drop"), settle=0, extra=f"    archive_path: {tmp_path / 'archive'}\n"))
+        settings = load_settings(config, environment())
+        delivery_folder, source, source_settings = resolve_folder(settings, str(folder))
+        pipeline = Pipeline.open(settings, threading.Event())
+        outcome = {}
+        runner = threading.Thread(target=lambda: outcome.update(status=FolderDelivery(
+            delivery_folder, source, source_settings, pipeline.context).run()))
+        try:
+            runner.start()
+            # two batches of 75, one after the other: the first is answered, the second on its way
+            wait_for(lambda: sandbox.requests, timeout=10, interval=0.01, what="the first answer")
+            os.rename(folder, tmp_path / "moved-away")   # an operator tidies up, a little early
+            runner.join(30)
+            record = pipeline.context.state.get(delivery_folder.key)
+        finally:
+            runner.join(30)
+            pipeline.close()
+        delivered = sandbox.store.all()
+    assert outcome == {"status": WorkflowStatus.DELIVERED}
+    assert (record.status, record.rows_delivered) == (WorkflowStatus.DELIVERED, 150) and len(delivered) == 150
+    assert not (tmp_path / "archive").exists()
