@@ -278,3 +278,14 @@ def test_a_source_a_reload_removed_leaves_health_and_metrics(tmp_path):
     exposed = metrics.render()[0].decode()
     assert 'rpi2braze_source_up{source="new-name"}' in exposed
     assert 'rpi2braze_source_up{source="old-name"}' not in exposed
+
+
+def test_archive_and_quarantine_kept_as_hidden_folders_inside_the_base_are_never_scanned(world, capsys):
+    # config/production.yaml keeps them there, so that archiving is a rename within one mount.
+    base, scanner, queued, clock, _, _ = world
+    for hidden in (".rpi2braze-archive", ".rpi2braze-quarantine"):
+        drop(base / hidden, "1").joinpath("done.ok").write_text("")
+    scanner.scan_due()
+    clock.now += 60
+    scanner.scan_due()
+    assert queued == [] and "unknown_channel_folder" not in capsys.readouterr().out
