@@ -194,7 +194,8 @@ class Scanner:
                         seen.add(key := WorkflowKey(settings.name, channel, offer, workflow_id))
                         self._consider_safely(watched, key)
             self._set_up(watched, True, "")
-            watched.observations = {key: value for key, value in watched.observations.items() if key in seen}
+            # list(): taken at once, while RPI's calls (the HTTP thread) may add observations
+            watched.observations = {key: value for key, value in list(watched.observations.items()) if key in seen}
         except SourceError as error:
             self._set_up(watched, False, str(error))
         return self._clock() + self._next_delay(watched)
@@ -291,7 +292,7 @@ class Scanner:
         if watched.failures:
             return min(MAX_DOWN_BACKOFF_SECONDS, delay * 2 ** min(watched.failures - 1, 16))
         now = self._clock()
-        for observation in watched.observations.values():
+        for observation in list(watched.observations.values()):
             due = observation.since + watched.settings.settle_seconds - now
             delay = min(delay, max(0.05, due + 0.05))
         return delay
