@@ -188,6 +188,8 @@ def _read_back(descriptor: int) -> tuple[set[tuple[str, str]], bool]:
                 last.append(tuple(record[:2]))
         except csv.Error:   # a quote out of place: a torn record at the end, or an edit by hand
             return set(last), lines.consumed < os.fstat(descriptor).st_size
+    if not lines.ended_line and last:
+        last.pop()   # cut short: that row is to be written again, whole
     return set(last), lines.ended_line
 
 

@@ -105,7 +105,9 @@ class FolderDelivery:
                 self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
             with self._production(acked) as (headers, batches):
                 path = workflow_deadletter_path(self._context.state_dir, self.key)
-                with DeadLetterWriter(path, headers, resuming=bool(acked)) as self._deadletter:
+                # begun before (a crash, a postponement): rows of its batches may be in the file already
+                resuming = record.started_at is not None
+                with DeadLetterWriter(path, headers, resuming=resuming) as self._deadletter:
                     try:
                         self._send_all(batches)
                     finally:  # batches in flight are recorded before the dead-letter file closes, whatever happened
