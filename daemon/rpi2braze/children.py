@@ -36,8 +36,9 @@ MAX_PROCESSES = 4
 _QUEUED_PER_PROCESS = 2
 PIPE_BYTES = 1024 * 1024   # Linux's default pipe-max-size
 _POLL_SECONDS = 0.2
-# Once the header is in, batches flow while a child reads: this long without one, it is stuck
-# (a hung network share). Before the header there is no limit: it may be downloading (staging_path).
+# Once batches flow, they flow while a child reads: this long without a message, it is stuck (a
+# hung network share). Before the first batch there is no limit: a child may be downloading
+# (staging_path), or skipping the batches Braze already has (a resumed folder: minutes of them).
 READING_STALL_SECONDS = 300.0
 _JOIN_SECONDS = 5.0
 _ENDED = ("ended",)   # a child's output closed (or could no longer be read)
@@ -127,8 +128,9 @@ class _Merge:
 
     def batches(self) -> Iterator[Batch]:
         finished: set[int] = set()
+        flowing = False
         while len(finished) < self._count:
-            index, message = self._next_after_header()
+            index, message = self._next_while_flowing() if flowing else self._next()
             if message[0] == "end":
                 finished.add(index)
             elif message is _ENDED:
@@ -136,9 +138,10 @@ class _Merge:
                     raise ProductionFailed("a reading process ended without finishing the folder")
             else:
                 _expect(message, "batch")
+                flowing = True
                 yield batch_of(self._key, message)
 
-    def _next_after_header(self) -> tuple[int, tuple]:
+    def _next_while_flowing(self) -> tuple[int, tuple]:
         try:
             return self._next(deadline=time.monotonic() + READING_STALL_SECONDS)
         except queue.Empty:

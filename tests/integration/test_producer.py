@@ -239,9 +239,10 @@ def test_the_child_ignores_sigterm_sent_to_its_group(tmp_path):
 
 
 @contextlib.contextmanager
-def stalling_export(tmp_path, rows: int, on_stall=lambda: None):
-    """A job whose data file (a FIFO) gives `rows` rows, then nothing more until the test ends,
-    as a hung network share would; `on_stall()` runs once the writer stops writing. (8,000 rows
+def stalling_export(tmp_path, rows: int, on_stall=lambda: None, max_objects: int = 10_000, stall_seconds: float = 30):
+    """A job whose data file (a FIFO) gives `rows` rows, then nothing for `stall_seconds` (or until
+    the test ends) before it ends, as a hung network share would; `on_stall()` runs once the
+    writer stops writing. (8,000 rows
     are more than one 256 KiB read, which a FIFO only answers whole, so the child gets the rows it
     plans with.)"""
     folder = tmp_path / UPSERT / OFFER / "7012"
@@ -255,15 +256,16 @@ def stalling_export(tmp_path, rows: int, on_stall=lambda: None):
                 fifo.write(HEADER + "".join(row.line() for row in export_rows("f", rows)))
                 fifo.flush()
             on_stall()
-            release.wait(30)
+            release.wait(stall_seconds)
 
     writer = threading.Thread(target=write_then_stall, daemon=True)
     writer.start()
     settings = SourceSettings(name="drop", type="local", path=str(tmp_path))
     key = WorkflowKey("drop", UPSERT, OFFER, "7012")
     entry = FileEntry("RPI_Export_7012.txt", False, 0, 0.0)
-    try:   # 10,000 objects a batch: no batch is due before the end
-        yield Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), 10_000, 4_000_000, 4)
+    try:   # 10,000 objects a batch by default: no batch is due before the end
+        yield Job(ExportFolder(key, "upsert", (entry,), str(folder)), settings, MappingSettings(), max_objects,
+                  4_000_000, 4)
     finally:
         release.set()
         writer.join(10)
@@ -283,12 +285,23 @@ def test_a_stop_ends_the_wait_for_a_read_that_stalled(tmp_path, rows):
                 next(batches)
 
 
-def test_a_reading_process_that_sends_nothing_for_too_long_fails_the_production(tmp_path, monkeypatch):
+def test_a_reading_process_that_stops_sending_batches_for_too_long_fails_the_production(tmp_path, monkeypatch):
     monkeypatch.setattr("rpi2braze.children.READING_STALL_SECONDS", 1.0)
-    with stalling_export(tmp_path, 8000) as job:
+    with stalling_export(tmp_path, 8000, max_objects=75) as job:
         with pytest.raises(ProductionFailed, match="sent nothing for 1 s"):
             with produce_in_children(job, 1) as (_, batches):
-                next(batches)
+                for received, _ in enumerate(batches, 1):
+                    assert received < 8000 // 75   # batches flowed, then the share hung
+    assert received > 1
+
+
+def test_no_limit_applies_before_the_first_batch(tmp_path, monkeypatch):
+    # As for a resumed folder, whose child reads the rows of every batch Braze already has before
+    # it sends one: here the share pauses for 2 s, then the file ends.
+    monkeypatch.setattr("rpi2braze.children.READING_STALL_SECONDS", 1.0)
+    with stalling_export(tmp_path, 8000, stall_seconds=2.0) as job:
+        with produce_in_children(job, 1) as (_, batches):
+            assert sum(batch.row_count for batch in batches) == 8000
 
 
 def test_no_process_at_all_is_refused(tmp_path):
