@@ -73,7 +73,12 @@ class Scanner:
 
     def run(self) -> None:
         for watched in self._watched.values():
-            stop_watching = watched.source.watch(self.wake)
+            try:
+                stop_watching = watched.source.watch(self.wake)
+            except OSError as error:   # out of inotify watches (ENOSPC): the periodic listing still decides
+                log.warning("watch_unavailable", source=watched.settings.name, reason=str(error),
+                            hint="folders are found by the periodic listing only")
+                continue
             if stop_watching:
                 self._unwatch.append(stop_watching)
         try:
@@ -137,9 +142,9 @@ class Scanner:
     def queue_now(self, source_name: str, channel: str, offer: str, workflow_id: str) -> ExportFolder | None:
         """RPI said this folder is complete: queue it without waiting to settle.
 
-        Raise SourceError if the source or channel is unknown, or the folder is not there (nor
-        known); SourceUnavailable if the source cannot be listed. Return None if it is already
-        finished or being delivered, or has no data file yet (the regular scan will find it).
+        Raise SourceError if the source or channel is unknown, SourceUnavailable if it cannot be
+        listed. Return None if the folder is already finished or being delivered, or has no data
+        file yet (not there, or not visible yet on a cached share: the regular scan will find it).
         """
         watched = self._watched.get(source_name)
         if watched is None:
@@ -147,11 +152,6 @@ class Scanner:
         if channel not in self._channels:
             raise SourceError(f"channel {channel!r} is not configured (channels: {', '.join(self._channels)})")
         key = WorkflowKey(source_name, channel, offer, workflow_id)
-        with self._lock:
-            known = key in self._finished or key in self._busy
-        if not known and not watched.source.list_dir(key.relpath):   # a call naming the wrong folder
-            raise SourceError(f"no folder {key.relpath} in source {source_name} "
-                              f"({watched.source.describe(key.relpath)}), or it is empty")
         return self._consider(watched, key, force=True)
 
     def _refresh_finished(self) -> None:
@@ -244,7 +244,7 @@ class Scanner:
         settings = watched.settings
         entries = watched.source.list_dir(key.relpath)
         now = self._clock()
-        if key not in watched.observations:
+        if key not in watched.observations and entries:   # a call naming a folder not there sees nothing
             metrics.FOLDERS.labels(source=key.source, outcome="seen").inc()
         observation = observe(watched.observations.get(key), entries, now)
         watched.observations[key] = observation

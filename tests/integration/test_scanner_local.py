@@ -3,6 +3,7 @@
 import os
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -147,9 +148,10 @@ def test_queue_now_skips_the_settle_time_but_not_the_rules(world):
     drop(base, "1")
     assert scanner.queue_now("drop", UPSERT, "Offer", "1") is not None
     assert scanner.queue_now("drop", UPSERT, "Offer", "1") is None      # already busy
-    with pytest.raises(SourceError, match="no folder Braze Onboarding and Upsert/Offer/missing in source drop"):
-        scanner.queue_now("drop", UPSERT, "Offer", "missing")     # RPI's call names the wrong folder
-    assert scanner.queue_now("drop", UPSERT, "Offer", "1") is None      # known: busy, not looked for
+    seen = {"outcome": "seen", "source": "drop"}
+    before = metrics.REGISTRY.get_sample_value("rpi2braze_folders_total", seen)
+    assert scanner.queue_now("drop", UPSERT, "Offer", "missing") is None   # not there, or not visible yet
+    assert metrics.REGISTRY.get_sample_value("rpi2braze_folders_total", seen) == before   # and not counted
     drop(base, "2", name="RPI_Export_2.txt.part")
     assert scanner.queue_now("drop", UPSERT, "Offer", "2") is None      # still being written
     with pytest.raises(Exception, match="not configured"):
@@ -280,12 +282,29 @@ def test_a_source_a_reload_removed_leaves_health_and_metrics(tmp_path):
     assert 'rpi2braze_source_up{source="old-name"}' not in exposed
 
 
-def test_archive_and_quarantine_kept_as_hidden_folders_inside_the_base_are_never_scanned(world, capsys):
-    # config/production.yaml keeps them there, so that archiving is a rename within one mount.
-    base, scanner, queued, clock, _, _ = world
-    for hidden in (".rpi2braze-archive", ".rpi2braze-quarantine"):
-        drop(base / hidden, "1").joinpath("done.ok").write_text("")
-    scanner.scan_due()
-    clock.now += 60
-    scanner.scan_due()
-    assert queued == [] and "unknown_channel_folder" not in capsys.readouterr().out
+class OutOfWatches(LocalSource):
+    def watch(self, wake):
+        raise OSError(28, "inotify watch limit reached")
+
+
+def test_a_source_that_cannot_be_watched_is_still_scanned(tmp_path, capsys):
+    base = tmp_path / "base"
+    drop(base, "1").joinpath("done.ok").write_text("")
+    settings = SourceSettings(name="drop", type="local", path=str(base), settle_seconds=0, marker_file="done.ok",
+                              scan_interval_seconds=0.1)
+    queued, stop = [], threading.Event()
+    with StateStore(str(tmp_path / "state.db")) as state:
+        scanner = Scanner([(settings, OutOfWatches(settings))], dict(DEFAULT_CHANNELS), state,
+                          lambda folder, src, cfg: queued.append(folder), stop)
+        running = threading.Thread(target=scanner.run)
+        running.start()
+        try:
+            wait_for_queued = time.monotonic() + 10
+            while not queued and time.monotonic() < wait_for_queued:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            scanner.wake()
+            running.join(10)
+    assert [folder.key.workflow_id for folder in queued] == ["1"]
+    assert "watch_unavailable" in capsys.readouterr().out
