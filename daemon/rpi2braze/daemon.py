@@ -103,7 +103,8 @@ class Daemon:
             # the new config validated but cannot start (port taken, state file busy): go back to the old one
             log.error("reload_failed", error=str(error), hint="the previous configuration runs again")
             self._restart_previous()
-        self._notifier.ready()
+        if not self.stop.is_set():
+            self._notifier.ready()
 
     def _restart_previous(self) -> None:
         """Start the previous configuration again; if that fails too, stop with exit code 1 (systemd

@@ -3,6 +3,7 @@ goes away mid-download, private and never left behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -106,6 +107,29 @@ def test_a_file_replaced_while_its_download_was_cut_is_not_read(tmp_path, sshd_s
         with pytest.raises(SourceUnavailable, match="changed while it was downloaded"):
             StagedSource(flaky, str(tmp_path / "staging"), sleep=lambda seconds: None).open_file(FILE)
         assert len(flaky.offsets) == 2 and os.listdir(tmp_path / "staging") == []
+    finally:
+        remote.close()
+
+
+class WithoutSizes:
+    """A real remote source whose listing gives no sizes (0), as some FTP servers' MLSD does."""
+
+    def __init__(self, remote):
+        self.name, self._remote = remote.name, remote
+
+    def list_dir(self, relpath: str):
+        return [dataclasses.replace(entry, size=0) for entry in self._remote.list_dir(relpath)]
+
+    def open_file(self, relpath: str, offset: int = 0):
+        return self._remote.open_file(relpath, offset)
+
+
+def test_a_listing_without_sizes_still_stages_the_file(tmp_path, ftp_server):
+    digest = put_file(ftp_server.home, 3 * 1024 * 1024 + 5)
+    remote = ftp_source(ftp_server)
+    try:
+        with StagedSource(WithoutSizes(remote), str(tmp_path / "staging")).open_file(FILE) as staged:
+            assert hashlib.file_digest(staged, "sha256").hexdigest() == digest
     finally:
         remote.close()
 

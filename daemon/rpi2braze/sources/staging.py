@@ -101,7 +101,8 @@ class StagedSource:
                 log.warning("staging_download_interrupted", source=self.name, file=relpath,
                             resume_at=staged.tell(), resume_in_seconds=delay, reason=str(error))
                 self._sleep(delay)
-        if staged.tell() != listed.size or self._listed(relpath) != listed:
+        # (a listing without sizes gives 0: then the time alone tells)
+        if (listed.size and staged.tell() != listed.size) or self._listed(relpath) != listed:
             raise SourceUnavailable(f"source {self.name}: {relpath} changed while it was downloaded; "
                                     "the folder is read again once it settles")
 
