@@ -37,6 +37,7 @@ DEFAULT_FIELDS = {normalize.header_key(name): name for name in STANDARD_FIELDS} 
 MAX_CHARS = normalize.MAX_STRING_CHARS
 MAX_ATTRIBUTES_BYTES = 100_000  # Braze: a nested object is at most 100 KB
 PREPENDED = (CONTACT_IDS, CHANNEL_EXEC_IDS)  # RPI writes these, maybe unnamed, before the rest
+PREPENDED_NAMES = ("RPContactID", "ChannelExecutionID")   # their names in RPI's Offer History
 
 Convert = Callable[[str], object]
 
@@ -115,6 +116,11 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings, row_width: i
     layout = _layout(columns, len(columns), types)
     worst_case = sum(len(key) + 4 + _MAX_VALUE_JSON_BYTES for _, key, _ in layout.attributes)
     return ColumnPlan(names, layout, shifted, worst_case + 2 > MAX_ATTRIBUTES_BYTES)
+
+
+def named_header(header: tuple[str, ...], plan: ColumnPlan) -> tuple[str, ...]:
+    """The header naming every value of the plan's rows: RPI's two IDs first when they come unnamed."""
+    return (*PREPENDED_NAMES, *header) if plan.shifted else header
 
 
 def most_common_width(rows: Iterable[RawRow]) -> int | None:

@@ -32,7 +32,7 @@ from rpi2braze.errors import (
     BadFileError, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable,
 )
 from rpi2braze.log import get_logger
-from rpi2braze.mapping import ColumnPlan, map_row, most_common_width, plan_columns, row_external_id
+from rpi2braze.mapping import ColumnPlan, map_row, most_common_width, named_header, plan_columns, row_external_id
 from rpi2braze.model import Batch, ExportFolder, Rejection
 from rpi2braze.reader import Table, open_data_stream, read_table
 from rpi2braze.settings import MappingSettings, SourceSettings
@@ -84,7 +84,8 @@ def produce(job: Job, source: Source) -> Iterator[Production]:
         tables = _open_tables(stack, job, source)
         batches = build_batches(_items(tables, job), job.folder.key, job.partitions, job.max_objects, job.max_bytes,
                                 job.shard)
-        headers = tuple((entry.name, table.header) for entry, (table, _) in zip(job.folder.data_files, tables))
+        headers = tuple((entry.name, named_header(table.header, plan))
+                        for entry, (table, plan) in zip(job.folder.data_files, tables))
         yield headers, (batch for batch in batches if batch.number not in job.acked)
 
 

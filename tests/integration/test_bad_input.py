@@ -151,6 +151,17 @@ def test_bad_rows_of_files_with_different_headers_are_dead_lettered_under_their_
          "Tier": "Silver"}]
 
 
+def test_bad_rows_of_a_file_with_rpis_unnamed_ids_are_dead_lettered_under_named_columns(tmp_path, sandbox):
+    sandbox.reset()
+    settings, _, folder = setup(tmp_path, sandbox, HEADER + b"81,5719,ok-1,one@example.com,a\n"
+                                                            b"82,5719,bad-1,not-an-email,b\n")
+    assert process_folders(settings, [str(folder)]) == 0
+    [row] = deadletter_rows(tmp_path)
+    assert {name: row[name] for name in ("RPContactID", "ChannelExecutionID", "external_id", "email", "Note")} == {
+        "RPContactID": "82", "ChannelExecutionID": "5719", "external_id": "bad-1", "email": "not-an-email",
+        "Note": "b"}
+
+
 def test_a_truncated_export_is_quarantined_not_called_delivered(tmp_path, sandbox):
     import gzip
     sandbox.reset()
