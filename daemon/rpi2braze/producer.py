@@ -33,7 +33,7 @@ from rpi2braze.errors import (
 )
 from rpi2braze.log import get_logger
 from rpi2braze.mapping import ColumnPlan, map_row, most_common_width, named_header, plan_columns, row_external_id
-from rpi2braze.model import Batch, ExportFolder, Rejection
+from rpi2braze.model import Batch, ExportFolder, FileEntry, RawRow, Rejection
 from rpi2braze.reader import Table, open_data_stream, read_table
 from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources import build_source
@@ -78,10 +78,13 @@ def produce(job: Job, source: Source) -> Iterator[Production]:
     """Open every data file of the folder through `source` and plan its columns before anything
     is produced (a bad second file sends nothing); yield every file's header, as
     ((file name, header), ...), and an iterator of the batches not in `job.acked`, numbered
-    deterministically. Raise BadFileError if a file
-    cannot be read, SourceError if the source fails."""
+    deterministically. Raise BadFileError if a file cannot be read, SourceError if the source
+    fails. Where an open file holds a server session, each file is closed once planned and
+    opened again when its rows are due, so that one is open at a time."""
     with contextlib.ExitStack() as stack:
-        tables = _open_tables(stack, job, source)
+        tables = _planned_tables(stack, job, source)
+        if not tables:
+            raise BadFileError(f"{job.folder.location}: no data file")
         batches = build_batches(_items(tables, job), job.folder.key, job.partitions, job.max_objects, job.max_bytes,
                                 job.shard)
         headers = tuple((entry.name, named_header(table.header, plan))
@@ -89,18 +92,42 @@ def produce(job: Job, source: Source) -> Iterator[Production]:
         yield headers, (batch for batch in batches if batch.number not in job.acked)
 
 
-def _open_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> list[tuple[Table, ColumnPlan]]:
-    tables = []
+def _planned_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> list[tuple[Table, ColumnPlan]]:
+    """Every data file's table and plan; the files stay open on `stack`, or, where an open file
+    holds a server session, each is closed once planned and opened again in its turn."""
+    if not source.open_file_holds_a_session:
+        return [_open_table(stack, job, source, entry) for entry in job.folder.data_files]
+    planned = []
     for entry in job.folder.data_files:
-        raw = stack.enter_context(source.open_file(f"{job.folder.key.relpath}/{entry.name}"))
-        stream = stack.enter_context(open_data_stream(raw, entry.name))
-        try:
-            tables.append(_planned(read_table(stream, job.source_settings.reading, entry.name), job.mapping))
-        except BadFileError as error:
-            raise BadFileError(f"{entry.name}: {error}" if entry.name not in str(error) else str(error)) from None
-    if not tables:
-        raise BadFileError(f"{job.folder.location}: no data file")
-    return tables
+        with contextlib.ExitStack() as probe:
+            planned.append(_open_table(probe, job, source, entry))
+    return _reopened(planned, job, source, stack)
+
+
+def _open_table(stack: contextlib.ExitStack, job: Job, source: Source, entry: FileEntry) -> tuple[Table, ColumnPlan]:
+    """One data file opened on `stack`, its first rows read ahead, and its plan."""
+    raw = stack.enter_context(source.open_file(f"{job.folder.key.relpath}/{entry.name}"))
+    stream = stack.enter_context(open_data_stream(raw, entry.name))
+    try:
+        return _planned(read_table(stream, job.source_settings.reading, entry.name), job.mapping)
+    except BadFileError as error:
+        raise BadFileError(f"{entry.name}: {error}" if entry.name not in str(error) else str(error)) from None
+
+
+def _reopened(tables: list[tuple[Table, ColumnPlan]], job: Job, source: Source,
+              stack: contextlib.ExitStack) -> list[tuple[Table, ColumnPlan]]:
+    """The planned tables, each with rows read from its file opened again once they are due (and
+    closed when they end, or when `stack` closes)."""
+    def rows(entry: FileEntry) -> Iterator[RawRow]:
+        with contextlib.ExitStack() as file_stack:
+            yield from _open_table(file_stack, job, source, entry)[0].rows
+
+    reopened = []
+    for entry, (table, plan) in zip(job.folder.data_files, tables):
+        entry_rows = rows(entry)
+        stack.callback(entry_rows.close)
+        reopened.append((dataclasses.replace(table, rows=entry_rows), plan))
+    return reopened
 
 
 def _planned(table: Table, mapping: MappingSettings) -> tuple[Table, ColumnPlan]:

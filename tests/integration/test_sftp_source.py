@@ -11,8 +11,11 @@ import pytest
 
 from conftest import SshServer, generate_ssh_key, key_fingerprint, public_key_text
 from rpi2braze.errors import SourceError, SourceUnavailable
+from rpi2braze.files import data_files
+from rpi2braze.model import ExportFolder, WorkflowKey
+from rpi2braze.producer import Job, produce
 from rpi2braze.secret import Secret
-from rpi2braze.settings import SourceSettings
+from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources.sftp import SftpSource
 
 WORKFLOW = "Braze Append/Offer A/1234"
@@ -128,6 +131,27 @@ def test_a_server_that_starts_no_sftp_subsystem_is_unavailable_not_waited_for(tm
         try:
             with pytest.raises(SourceUnavailable):
                 source.list_dir("")
+        finally:
+            source.close()
+
+
+def test_a_folder_of_more_files_than_the_server_allows_sessions_is_read_one_file_at_a_time(tmp_path):
+    with sshd_configured(tmp_path, "MaxSessions 3") as server:   # listing, one file, one closing
+        folder = os.path.join(server.root, "exports", WORKFLOW)
+        os.makedirs(folder)
+        for number in range(4):
+            write(os.path.join(server.root, "exports"), f"{WORKFLOW}/RPI_Export_{number}.txt",
+                  b"external_id,email\n" + b"".join(b"u%d-%d,u%d@example.com\n" % (number, row, row) for row in range(10)))
+        settings = sftp_settings(server, "exports")
+        source = SftpSource(settings)
+        try:
+            key = WorkflowKey("remote", "Braze Append", "Offer A", "1234")
+            files = data_files(source.list_dir(key.relpath), settings.data_files)
+            job = Job(ExportFolder(key, "append", files, source.describe(key.relpath)), settings, MappingSettings(),
+                      75, 4_000_000, 2)
+            with produce(job, source) as (headers, batches):
+                assert [name for name, _ in headers] == [f"RPI_Export_{number}.txt" for number in range(4)]
+                assert sum(batch.row_count for batch in batches) == 40
         finally:
             source.close()
 

@@ -21,6 +21,10 @@ class Source(Protocol):
     SourceUnavailable (retry later) or SourceError (configuration)."""
 
     name: str
+    # Whether every file open for reading holds one of the server's sessions (an SFTP channel, an
+    # FTP connection), of which servers allow few (OpenSSH: MaxSessions 10): a folder's files are
+    # then read one at a time, not all open at once.
+    open_file_holds_a_session: bool
 
     def list_dir(self, relpath: str) -> list[FileEntry]:
         """Return the entries of the folder `relpath` ("" is the base). Hidden entries included.

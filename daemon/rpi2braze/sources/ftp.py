@@ -37,6 +37,8 @@ _CONNECTION_ERRORS = (OSError, EOFError, ftplib.error_temp, ftplib.error_reply, 
 class FtpSource:
     """A base folder on an FTP or FTPS server; see the module docstring for the rules."""
 
+    open_file_holds_a_session = True   # a control and a data connection of its own
+
     def __init__(self, settings: SourceSettings):
         remote.require_remote_settings(settings)
         self.name = settings.name

@@ -30,6 +30,8 @@ class _Wake(FileSystemEventHandler):
 class LocalSource:
     """A base folder on a local or mounted filesystem."""
 
+    open_file_holds_a_session = False
+
     def __init__(self, settings: SourceSettings, watch: bool = True):
         self.name = settings.name
         self.base = settings.path

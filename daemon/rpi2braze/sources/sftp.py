@@ -35,6 +35,8 @@ _CONNECTION_ERRORS = (OSError, EOFError, paramiko.SSHException)
 class SftpSource:
     """A base folder on an SFTP server; see the module docstring for the connection rules."""
 
+    open_file_holds_a_session = True   # a channel of its own
+
     def __init__(self, settings: SourceSettings):
         remote.require_remote_settings(settings)
         self.name = settings.name

@@ -40,6 +40,8 @@ class StagedSource:
     """A remote source whose files are downloaded into `staging_path` before they are read;
     everything else is passed to the remote source as it is."""
 
+    open_file_holds_a_session = False   # the download's session ends before the file is read
+
     def __init__(self, remote: ResumableSource, staging_path: str, sleep: Callable[[float], None] = time.sleep):
         self.name = remote.name
         self._remote = remote
