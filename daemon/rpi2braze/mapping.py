@@ -113,7 +113,7 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings, row_width: i
     if shifted:
         moved = [(index + 2, target, name) for index, target, name in columns]
         columns = [(0, PREPENDED[0], ""), (1, PREPENDED[1], "")] + moved
-    layout = _layout(columns, len(columns), types)
+    layout = _layout(columns, types)
     worst_case = sum(len(key) + 4 + _MAX_VALUE_JSON_BYTES for _, key, _ in layout.attributes)
     return ColumnPlan(names, layout, shifted, worst_case + 2 > MAX_ATTRIBUTES_BYTES)
 
@@ -261,7 +261,8 @@ def _targets(names: tuple[str, ...], fields: dict[str, str],
     return columns
 
 
-def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, str]) -> Layout:
+def _layout(columns: list[tuple[int, str, str]], types: dict[str, str]) -> Layout:
+    """The layout of rows with one value per column (a row is as wide as `columns` is long)."""
     scalars, arrays, attributes = [], [], []
     id_index, phone_index = -1, None
     for index, target, name in columns:
@@ -277,7 +278,7 @@ def _layout(columns: list[tuple[int, str, str]], width: int, types: dict[str, st
             key = target.removeprefix(ATTRIBUTES + ".")
             column_type = types.get(normalize.header_key(name), "string")
             attributes.append((index, key, _attribute_converter(key, name, column_type)))
-    return Layout(width, id_index, phone_index, tuple(scalars), tuple(arrays), tuple(attributes))
+    return Layout(len(columns), id_index, phone_index, tuple(scalars), tuple(arrays), tuple(attributes))
 
 
 def _attribute_converter(key: str, name: str, column_type: str) -> Convert | None:
