@@ -106,12 +106,25 @@ def _planned_tables(stack: contextlib.ExitStack, job: Job, source: Source) -> li
 
 def _open_table(stack: contextlib.ExitStack, job: Job, source: Source, entry: FileEntry) -> tuple[Table, ColumnPlan]:
     """One data file opened on `stack`, its first rows read ahead, and its plan."""
+    table = _read(stack, job, source, entry)
+    try:
+        return _planned(table, job.mapping)
+    except BadFileError as error:
+        raise _naming(entry, error) from None
+
+
+def _read(stack: contextlib.ExitStack, job: Job, source: Source, entry: FileEntry) -> Table:
+    """One data file opened on `stack`, its header read. Raise BadFileError naming the file."""
     raw = stack.enter_context(source.open_file(f"{job.folder.key.relpath}/{entry.name}"))
     stream = stack.enter_context(open_data_stream(raw, entry.name))
     try:
-        return _planned(read_table(stream, job.source_settings.reading, entry.name), job.mapping)
+        return read_table(stream, job.source_settings.reading, entry.name)
     except BadFileError as error:
-        raise BadFileError(f"{entry.name}: {error}" if entry.name not in str(error) else str(error)) from None
+        raise _naming(entry, error) from None
+
+
+def _naming(entry: FileEntry, error: BadFileError) -> BadFileError:
+    return BadFileError(f"{entry.name}: {error}" if entry.name not in str(error) else str(error))
 
 
 def _reopened(tables: list[tuple[Table, ColumnPlan]], job: Job, source: Source,
@@ -119,8 +132,8 @@ def _reopened(tables: list[tuple[Table, ColumnPlan]], job: Job, source: Source,
     """The planned tables, each with rows read from its file opened again once they are due (and
     closed when they end, or when `stack` closes)."""
     def rows(entry: FileEntry) -> Iterator[RawRow]:
-        with contextlib.ExitStack() as file_stack:
-            yield from _open_table(file_stack, job, source, entry)[0].rows
+        with contextlib.ExitStack() as file_stack:   # planned already: read, not sampled again
+            yield from _read(file_stack, job, source, entry).rows
 
     reopened = []
     for entry, (table, plan) in zip(job.folder.data_files, tables):
