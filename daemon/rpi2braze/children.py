@@ -18,6 +18,7 @@ import fcntl
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -41,7 +42,7 @@ _POLL_SECONDS = 0.2
 # (staging_path), or skipping the batches Braze already has (a resumed folder: minutes of them).
 READING_STALL_SECONDS = 300.0
 _JOIN_SECONDS = 5.0
-_ENDED = ("ended",)   # a child's output closed (or could no longer be read)
+_EXIT_WAIT_SECONDS = 2.0   # how long a child whose output closed is given to exit, to say how it ended
 
 log = get_logger(__name__)
 
@@ -65,9 +66,9 @@ def produce_in_children(job: Job, processes: int = 1, stop: threading.Event | No
     merged = None
     try:
         with contextlib.ExitStack() as stack:
-            outputs = [stack.enter_context(_child(dataclasses.replace(job, shard=(index, processes))))
-                       for index in range(processes)]
-            merged = _Merge([_then_ended(read_messages(output)) for output in outputs], job.folder.key, stop)
+            children = [stack.enter_context(_child(dataclasses.replace(job, shard=(index, processes))))
+                        for index in range(processes)]
+            merged = _Merge([_then_ended(child) for child in children], job.folder.key, stop)
             stack.callback(merged.close)
             yield merged.headers(), merged.batches()
     finally:   # the children are dead now: their threads read the end of the pipes and return
@@ -76,8 +77,8 @@ def produce_in_children(job: Job, processes: int = 1, stop: threading.Event | No
 
 
 @contextlib.contextmanager
-def _child(job: Job) -> Iterator[BinaryIO]:
-    """A reading process working on `job`; its output. Leaving the context kills it."""
+def _child(job: Job) -> Iterator[subprocess.Popen]:
+    """A reading process working on `job`, its output a pipe. Leaving the context kills it."""
     with subprocess.Popen([sys.executable, "-m", "rpi2braze.producer"],
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE) as child:
         try:
@@ -87,7 +88,7 @@ def _child(job: Job) -> Iterator[BinaryIO]:
             except BrokenPipeError:
                 raise ProductionFailed("the reading process ended before it took its job") from None
             _widen(child.stdout)
-            yield child.stdout
+            yield child
         finally:
             child.kill()
 
@@ -133,9 +134,9 @@ class _Merge:
             index, message = self._next_while_flowing() if flowing else self._next()
             if message[0] == "end":
                 finished.add(index)
-            elif message is _ENDED:
+            elif message[0] == "ended":
                 if index not in finished:
-                    raise ProductionFailed("a reading process ended without finishing the folder")
+                    raise ProductionFailed(f"a reading process {_how_ended(message[1])} without finishing the folder")
             else:
                 _expect(message, "batch")
                 flowing = True
@@ -170,10 +171,10 @@ class _Merge:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def _pump(self, index: int, stream: Iterator[tuple]) -> None:
-        for position, message in enumerate(stream):   # it ends with _ENDED, whatever happens to the pipe
+        for position, message in enumerate(stream):   # it ends with "ended", whatever happens to the pipe
             if position == 1 and not self._wait_answered():
                 return
-            if not self._put((index, message)) or message is _ENDED:
+            if not self._put((index, message)) or message[0] == "ended":
                 return
 
     def _wait_answered(self) -> bool:
@@ -194,20 +195,39 @@ class _Merge:
         return False
 
 
-def _then_ended(stream: Iterator[tuple]) -> Iterator[tuple]:
-    """The stream's messages, then _ENDED. A pipe that breaks or garbles (a killed child) ends
-    it too: the merge then reports that child as ended without finishing, never waits forever."""
+def _then_ended(child: subprocess.Popen) -> Iterator[tuple]:
+    """The child's messages, then ("ended", its exit status, None if it has not exited). A pipe
+    that breaks or garbles (a killed child) ends them too: the merge then reports that child as
+    ended without finishing, and how, and never waits forever."""
     try:
-        yield from stream
+        yield from read_messages(child.stdout)
     except Exception as error:
         log.warning("reading_process_output_unreadable", error=f"{type(error).__name__}: {error}")
-    yield _ENDED
+    try:
+        yield "ended", child.wait(_EXIT_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        yield "ended", None
+
+
+def _how_ended(status: int | None) -> str:
+    """How a reading process ended, for an operator: a kill by the kernel's OOM killer is the
+    usual cause of a SIGKILL nobody sent, and nothing else would say so."""
+    if status is None:
+        return "closed its output"
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    hint = " (out of memory? the kernel's log says: journalctl -k)" if -status == signal.SIGKILL else ""
+    return f"was killed by {name}{hint}"
 
 
 def _expect(message: tuple, kind: str):
     """The message's payload if it is of `kind`; raise what an "error" message or a dead child means."""
-    if message is _ENDED:
-        raise ProductionFailed("the reading process ended before it answered")
+    if message[0] == "ended":
+        raise ProductionFailed(f"the reading process {_how_ended(message[1])} before it answered")
     if message[0] == "error":
         _, error_kind, text = message
         raise ERROR_KINDS.get(error_kind, ProductionFailed)(text)

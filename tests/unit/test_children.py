@@ -1,11 +1,14 @@
-"""How many reading processes share a folder: one per core this process may use but one, at most 4."""
+"""How many reading processes share a folder: one per core this process may use but one, at most 4.
+How a reading process ended, in words."""
 
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+from rpi2braze import children
 from rpi2braze.children import MAX_PROCESSES, processes_for
 
 
@@ -28,3 +31,14 @@ def test_the_count_follows_the_cores_this_process_may_use(monkeypatch, allowed, 
     # machine's: pretended here, since this machine has too few cores to tell them apart.
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(allowed)))
     assert processes_for(partitions) == expected
+
+
+@pytest.mark.parametrize("status, expected", [
+    (1, "exited with status 1"),
+    (-signal.SIGSEGV, "was killed by SIGSEGV"),
+    (-signal.SIGKILL, "was killed by SIGKILL (out of memory? the kernel's log says: journalctl -k)"),
+    (-200, "was killed by signal 200"),
+    (None, "closed its output"),
+])
+def test_how_a_reading_process_ended_is_said_in_words(status, expected):
+    assert children._how_ended(status) == expected
