@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from rpi2braze import __version__, tuning
@@ -74,12 +76,17 @@ def _configure_logging(settings, interactive: bool = False) -> None:
 
 
 def command_run(arguments: argparse.Namespace) -> int:
+    # A SIGHUP while the config loads would kill the process (the default action): remember it,
+    # and the daemon reloads once it runs.
+    reload_requested = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_requested.set())
     from rpi2braze.config import resolve_config_path
     from rpi2braze.daemon import Daemon
     settings = _settings(arguments)
     _configure_logging(settings)
     tuning.tune_garbage_collector()
-    return Daemon(settings, resolve_config_path(getattr(arguments, "config", None))).run()
+    return Daemon(settings, resolve_config_path(getattr(arguments, "config", None)),
+                  reload_requested=reload_requested).run()
 
 
 def command_process(arguments: argparse.Namespace) -> int:

@@ -32,12 +32,14 @@ DRAIN_GRACE_SECONDS = 5.0
 class Daemon:
     """Owns the running Engine and everything around it; `run()` returns the exit code."""
 
-    def __init__(self, settings: Settings, config_path: str | None = None, notifier: Notifier | None = None):
+    def __init__(self, settings: Settings, config_path: str | None = None, notifier: Notifier | None = None,
+                 reload_requested: threading.Event | None = None):
+        """`reload_requested`: set by a SIGHUP that came before `run` took over the signal."""
         self.settings = settings
         self.config_path = config_path
         self.stop = threading.Event()
         self._force = threading.Event()
-        self._reload = threading.Event()
+        self._reload = reload_requested or threading.Event()
         self._notifier = notifier or Notifier()
         self._engine: Engine | None = None
         self._http: HttpApi | None = None

@@ -5,6 +5,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -244,3 +246,47 @@ def test_the_watchdog_is_fed_while_a_reload_waits_for_batches_in_flight(tmp_path
             assert daemon.terminate() == 0
         finally:
             listener.close()
+
+
+
+def _fifo_writer(path: str) -> int:
+    """A descriptor writing to the FIFO `path`, once a reader is waiting on it (within 20 s)."""
+    def opened():
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:   # ENXIO: nobody is reading it yet
+            return None
+    return wait_for(opened, 20, 0.02, f"a reader of {path}")
+
+
+def _feed(descriptor: int, data: bytes) -> None:
+    try:
+        os.write(descriptor, data)
+    finally:
+        os.close(descriptor)
+
+
+def test_a_sighup_while_the_config_loads_is_a_reload_not_a_kill(tmp_path, sandbox):
+    # The key file is a FIFO: loading the config waits on it, so the SIGHUP surely lands in the load.
+    key_file = str(tmp_path / "key.fifo")
+    os.mkfifo(key_file)
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "drop")))
+    with open(config) as handle:
+        text = handle.read().replace("api_key: ${TEST_BRAZE_API_KEY}", f"api_key_file: {key_file}")
+    with open(config, "w") as handle:
+        handle.write(text)
+    daemon = DaemonProcess(config, str(tmp_path / "daemon.log"))
+    daemon._log = open(daemon.log_path, "ab")
+    daemon.process = subprocess.Popen([sys.executable, "-m", "rpi2braze", "-c", config, "run"],
+                                      stdout=daemon._log, stderr=subprocess.STDOUT)
+    try:
+        writer = _fifo_writer(key_file)
+        daemon.process.send_signal(signal.SIGHUP)
+        _feed(writer, API_KEY.encode())
+        wait_for(lambda: "daemon_started" in daemon.log() or daemon.process.poll() is not None, 20, what="start")
+        assert daemon.process.poll() is None, daemon.log()
+        _feed(_fifo_writer(key_file), API_KEY.encode())   # the reload that SIGHUP asked for reads it again
+        wait_for(lambda: "reload_done" in daemon.log(), 20, what="reload_done")
+        assert daemon.terminate() == 0
+    finally:
+        daemon.stop_quietly()
