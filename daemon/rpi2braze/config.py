@@ -180,6 +180,8 @@ def _source(values: Checked, path: str, checker: Checker, base_dir: str) -> Sour
     def place(key: str) -> str | None:
         return values.get(key) if on_server else _local_path(values.get(key), base_dir)
 
+    if "ca_file" in values.given:   # as the FTPS connection will load it, not at the first scan
+        _check_ca_file(_local_path(values.get("ca_file"), base_dir), key_path(path, "ca_file"), checker)
     return SourceSettings(
         name=values.get("name", ""), type=kind, path=place("path") or "",
         archive_path=place("archive_path"), quarantine_path=place("quarantine_path"),

@@ -488,11 +488,18 @@ def test_a_braze_ca_file_tls_cannot_use_is_a_problem(tmp_path, content, expected
     if content is not None:
         path.write_text(content)
     assert problems_of(document((("braze", "ca_file"), str(path)))) == [expected.format(path=path)]
+    # an FTPS source's ca_file is checked the same way, under its own key
+    ftp = document((("sources", 1), {**FTP, "ca_file": str(path)}))
+    assert problems_of(ftp, {**ENV, "FTP_PASSWORD": "pw"}) == \
+        [expected.format(path=path).replace("braze.ca_file", "sources[1].ca_file")]
 
 
 def test_a_pem_braze_ca_file_is_accepted(tmp_path):
     shutil.copy(certifi.where(), tmp_path / "ca.pem")
     assert parse_settings(document((("braze", "ca_file"), "ca.pem")), ENV, str(tmp_path)).braze.ca_file == \
+        str(tmp_path / "ca.pem")
+    ftp = document((("sources", 1), {**FTP, "ca_file": "ca.pem"}))
+    assert parse_settings(ftp, {**ENV, "FTP_PASSWORD": "pw"}, str(tmp_path)).sources[1].ca_file == \
         str(tmp_path / "ca.pem")
 
 
