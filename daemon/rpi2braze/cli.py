@@ -114,24 +114,23 @@ def command_check_config(arguments: argparse.Namespace) -> int:
 
 
 def _existing_state(arguments: argparse.Namespace):
-    """Open the state file for an operator command; a missing file is an error, never created.
+    """The state settings and the state file, opened for an operator command; a missing file is
+    an error, never created.
     Only the config's `state:` section is read: the service's secrets need not be at hand."""
-    import os
     from rpi2braze.config import load_state_settings, resolve_config_path
     from rpi2braze.errors import StateError
     from rpi2braze.state import StateStore
-    path = load_state_settings(resolve_config_path(getattr(arguments, "config", None))).path
-    if not os.path.exists(path):
-        raise StateError(f"no state file at {path} (has the daemon run with this config? "
+    settings = load_state_settings(resolve_config_path(getattr(arguments, "config", None)))
+    if not os.path.exists(settings.path):
+        raise StateError(f"no state file at {settings.path} (has the daemon run with this config? "
                          "Under systemd it is $STATE_DIRECTORY/state.db)")
-    return StateStore(path)
+    return settings, StateStore(settings.path)
 
 
 def command_status(arguments: argparse.Namespace) -> int:
     from rpi2braze.deadletter import workflow_deadletter_path
     from rpi2braze.model import WorkflowStatus
-    store = _existing_state(arguments)
-    state_dir = os.path.dirname(os.path.abspath(store.path))
+    settings, store = _existing_state(arguments)
     try:
         records = store.records()
     finally:
@@ -149,14 +148,14 @@ def command_status(arguments: argparse.Namespace) -> int:
         print(f"{record.status:<12} {when}  {record.key.source}: {record.key.relpath}  "
               f"delivered {record.rows_delivered}, rejected {record.rows_rejected}"
               + (f"\n{'':14}reason: {record.reason}" if record.reason else "")
-              + (f"\n{'':14}rejected rows: {workflow_deadletter_path(state_dir, record.key)}"
+              + (f"\n{'':14}rejected rows: {workflow_deadletter_path(settings.directory, record.key)}"
                  if record.rows_rejected else ""))
     return EXIT_OK
 
 
 def command_retry(arguments: argparse.Namespace) -> int:
     from rpi2braze.model import WorkflowStatus
-    store = _existing_state(arguments)
+    _, store = _existing_state(arguments)
     try:
         records = store.find(arguments.workflow_id)
         if not records:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 
@@ -26,16 +25,15 @@ class Pipeline:
     def open(cls, settings: Settings, stop: threading.Event, hold_while_refused: bool = True) -> "Pipeline":
         """`hold_while_refused`: the daemon waits for Braze to accept the key again; `process` gives up."""
         state = StateStore(settings.state.path)
-        state_dir = os.path.dirname(os.path.abspath(settings.state.path))
         try:
-            locks = WorkflowLocks(state_dir)   # before any thread starts: it may refuse
+            locks = WorkflowLocks(settings.state.directory)   # before any thread starts: it may refuse
         except Exception:
             state.close()
             raise
         braze = settings.braze
         limiter = RateLimiter(braze.rate_limit.requests, braze.rate_limit.per_seconds)
         pool = SenderPool(braze, limiter, stop, hold_while_refused=hold_while_refused)
-        return cls(DeliveryContext(settings, state, pool, stop, state_dir, locks), limiter)
+        return cls(DeliveryContext(settings, state, pool, stop, settings.state.directory, locks), limiter)
 
     def close(self, timeout: float = 10.0) -> None:
         self.context.pool.close(timeout)

@@ -5,6 +5,7 @@ Defaults are the named constants below; `config/*.yaml` documents every key.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from rpi2braze.model import ChannelMode
@@ -106,6 +107,11 @@ class HttpSettings:
 @dataclass(frozen=True)
 class StateSettings:
     path: str = DEFAULT_STATE_PATH
+
+    @property
+    def directory(self) -> str:
+        """The state file's folder, which also holds the dead-letter files, quarantine reasons and locks."""
+        return os.path.dirname(os.path.abspath(self.path))
 
 
 @dataclass(frozen=True)
