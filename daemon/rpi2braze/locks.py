@@ -5,8 +5,10 @@ its rows twice. Each workflow is one byte of `<state dir>/workflows.lock`, held 
 record lock (fcntl.lockf) while a process delivers it. The kernel drops the lock when that
 process ends, even by SIGKILL, so a crash never leaves a workflow locked, and the file never
 grows (locks lie beyond its end). Record locks belong to the process, and closing any descriptor
-of the file drops all of them: so the file is opened once per pipeline, here, and threads of one
-process are kept apart by a set of the workflows it holds.
+of the file drops all of them: so a process opens the file once, and every pipeline it runs
+shares that descriptor and one set of the workflows it holds, which keeps its threads apart. A
+reload whose drain timed out starts a new pipeline while an old worker may still be sending: the
+file stays open until that worker lets go, and the new pipeline finds its workflow taken.
 """
 
 from __future__ import annotations
@@ -27,8 +29,32 @@ _OFFSET_BYTES = 7   # offsets below 2**56: far inside off_t, and collisions need
 _PROBE_OFFSET = 1 << 60   # beyond every workflow's byte: tried once at open
 
 
+class _LockFile:
+    """This process's one descriptor of a lock file; closed once no WorkflowLocks uses it and no
+    workflow is held through it."""
+
+    def __init__(self, path: str):
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            raise StateError(f"cannot open {path}: {error.strerror}; {_HINT}") from None
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _PROBE_OFFSET)
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, _PROBE_OFFSET)
+        except OSError as error:
+            os.close(self.fd)
+            raise StateError(f"cannot lock {path}: {error.strerror}; {_HINT}") from None
+        self.held: set[int] = set()    # record locks do not exclude the process's own threads
+        self.users = 0
+
+
+_open_files: dict[str, _LockFile] = {}   # by real path
+_guard = threading.Lock()               # over _open_files and every _LockFile
+
+
 class WorkflowLocks:
-    """The workflow locks of one state directory, for this process. Close it when done.
+    """The workflow locks of one state directory, for one pipeline of this process. Close it
+    when done.
 
     Raise StateError at construction if the file cannot be opened or locked (a read-only or
     foreign-owned state directory, or a filesystem without POSIX locks).
@@ -36,44 +62,46 @@ class WorkflowLocks:
 
     def __init__(self, state_dir: str):
         self.path = os.path.join(state_dir, LOCK_FILE)
-        self._held: set[int] = set()    # this process's: record locks do not exclude its own threads
-        self._guard = threading.Lock()
-        try:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            raise StateError(f"cannot open {self.path}: {error.strerror}; {_HINT}") from None
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _PROBE_OFFSET)
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, _PROBE_OFFSET)
-        except OSError as error:
-            os.close(self._fd)
-            raise StateError(f"cannot lock {self.path}: {error.strerror}; {_HINT}") from None
+        self._real_path = os.path.realpath(self.path)
+        with _guard:
+            shared = _open_files.get(self._real_path) or _LockFile(self.path)
+            _open_files[self._real_path] = shared
+            shared.users += 1
+        self._file: _LockFile | None = shared
 
     @contextlib.contextmanager
     def hold(self, key: WorkflowKey) -> Iterator[bool]:
         """Lock `key` for the block, yielding True; yield False at once if another process, or
-        another thread of this one, holds it."""
+        another thread of this one, holds it, or this WorkflowLocks is closed."""
         offset = _offset(key)
-        with self._guard:
-            taken = offset not in self._held and self._fd >= 0 and _try_lock(self._fd, offset)
+        with _guard:
+            shared = self._file
+            taken = shared is not None and offset not in shared.held and _try_lock(shared.fd, offset)
             if taken:
-                self._held.add(offset)
+                shared.held.add(offset)
         if not taken:
             yield False
             return
         try:
             yield True
         finally:
-            with self._guard:
-                self._held.discard(offset)
-                if self._fd >= 0:   # closed meanwhile: the kernel dropped the lock with the file
-                    fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+            with _guard:
+                shared.held.discard(offset)
+                fcntl.lockf(shared.fd, fcntl.LOCK_UN, 1, offset)
+                self._close_if_unused(shared)
 
     def close(self) -> None:
-        with self._guard:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        """Take no more locks; workflows held meanwhile stay locked until their blocks end."""
+        with _guard:
+            if self._file is not None:
+                self._file.users -= 1
+                self._close_if_unused(self._file)
+                self._file = None
+
+    def _close_if_unused(self, shared: _LockFile) -> None:
+        if shared.users == 0 and not shared.held:
+            os.close(shared.fd)
+            del _open_files[self._real_path]
 
 
 _HINT = "the state directory must be writable by this user, on a local filesystem"

@@ -90,7 +90,8 @@ class FolderDelivery:
                 with watch():
                     return self._run()
         log.warning("workflow_busy_elsewhere", workflow_id=self.key.workflow_id, source=self.key.source,
-                    reason="another rpi2braze process (the daemon, or `process`) is delivering it")
+                    reason="another rpi2braze process (the daemon, or `process`) is delivering it, "
+                           "or a worker of this one that a reload has not yet stopped")
         self.busy_elsewhere = True
         return WorkflowStatus.PENDING
 

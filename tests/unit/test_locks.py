@@ -95,3 +95,28 @@ def test_a_state_directory_that_cannot_hold_the_lock_file_is_a_clear_error(tmp_p
     (tmp_path / "not-a-directory").write_text("")
     with pytest.raises(StateError, match="cannot open .*workflows.lock: Not a directory; the state directory must"):
         WorkflowLocks(str(tmp_path / "not-a-directory"))
+
+
+def lock_file_descriptors(tmp_path) -> int:
+    """How many descriptors this process has open on the lock file."""
+    target = str(tmp_path / LOCK_FILE)
+    return sum(1 for fd in os.listdir("/proc/self/fd")
+               if os.path.realpath(f"/proc/self/fd/{fd}") == target)
+
+
+def test_a_workflow_held_while_its_pipeline_closes_stays_locked_for_the_next_pipeline(tmp_path):
+    # A reload whose drain timed out: the old pipeline closes while one of its workers still sends.
+    old = WorkflowLocks(str(tmp_path))
+    with old.hold(KEY) as held:
+        assert held is True
+        old.close()
+        new = WorkflowLocks(str(tmp_path))
+        with new.hold(KEY) as taken:
+            assert taken is False                           # not sent by both pipelines at once
+        assert another_process_finds(tmp_path) == "busy"    # closing did not drop the kernel's lock
+        assert lock_file_descriptors(tmp_path) == 1         # the pipelines share one descriptor
+    with new.hold(KEY) as taken:
+        assert taken is True
+    new.close()
+    assert lock_file_descriptors(tmp_path) == 0
+    assert another_process_finds(tmp_path) == "held"
