@@ -119,7 +119,7 @@ class Daemon:
             self.stop.set()
 
     def _start_engine(self, settings: Settings) -> tuple[Engine, HttpApi | None]:
-        engine = Engine(settings)
+        engine = Engine(settings, previous=self._engine)
         try:
             http = self._start_http(settings, engine)
         except Exception:

@@ -31,7 +31,8 @@ _SENTINEL = None
 class Engine:
     """Owns the delivery threads of one configuration."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, previous: "Engine | None" = None):
+        """`previous`: the engine a reload replaces (drained and closed)."""
         self.settings = settings
         self.stop = threading.Event()
         self._folders: queue.Queue = queue.Queue()
@@ -39,7 +40,7 @@ class Engine:
         self._threads: dict[str, threading.Thread] = {}
         self._in_progress = 0
         self._count_lock = threading.Lock()
-        self.pipeline = Pipeline.open(settings, self.stop)
+        self.pipeline = Pipeline.open(settings, self.stop, previous=previous.pipeline if previous else None)
         pairs = [(source_settings, build_source(source_settings)) for source_settings in settings.sources]
         self._sources = {source_settings.name: source for source_settings, source in pairs}
         self.scanner = Scanner(pairs, settings.channels, self.pipeline.context.state, self._enqueue, self.stop)

@@ -22,8 +22,11 @@ class Pipeline:
     limiter: RateLimiter
 
     @classmethod
-    def open(cls, settings: Settings, stop: threading.Event, hold_while_refused: bool = True) -> "Pipeline":
-        """`hold_while_refused`: the daemon waits for Braze to accept the key again; `process` gives up."""
+    def open(cls, settings: Settings, stop: threading.Event, hold_while_refused: bool = True,
+             previous: "Pipeline | None" = None) -> "Pipeline":
+        """`hold_while_refused`: the daemon waits for Braze to accept the key again; `process` gives up.
+        `previous`: the pipeline a reload replaces; for the same Braze endpoint, its limiter's
+        knowledge carries over (ratelimit.RateLimiter.successor)."""
         state = StateStore(settings.state.path)
         try:
             locks = WorkflowLocks(settings.state.directory)   # before any thread starts: it may refuse
@@ -31,7 +34,13 @@ class Pipeline:
             state.close()
             raise
         braze = settings.braze
-        limiter = RateLimiter(braze.rate_limit.requests, braze.rate_limit.per_seconds)
+        # Same endpoint: most likely the same workspace, with its key rotated. Carrying over for
+        # another workspace there costs at most a short wait; a fresh limiter for the same one
+        # could exceed the limit.
+        if previous is not None and previous.context.settings.braze.rest_endpoint == braze.rest_endpoint:
+            limiter = previous.limiter.successor(braze.rate_limit.requests, braze.rate_limit.per_seconds)
+        else:
+            limiter = RateLimiter(braze.rate_limit.requests, braze.rate_limit.per_seconds)
         pool = SenderPool(braze, limiter, stop, hold_while_refused=hold_while_refused)
         return cls(DeliveryContext(settings, state, pool, stop, settings.state.directory, locks), limiter)
 

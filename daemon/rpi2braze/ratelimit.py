@@ -14,6 +14,8 @@ so all N were counted when it was granted. Braze's own word tightens it further:
   still outstanding (granted, not yet answered: Braze may not have counted it yet). Best effort:
   an answer without the headers (a 5xx) that Braze counted is not accounted for.
 
+A config reload that keeps the workspace hands all of that to the new limiter (`successor`).
+
 Every attempt, retries included, takes a grant, and gives it back with `release` when answered.
 """
 
@@ -58,6 +60,21 @@ class RateLimiter:
         # One waiter at a time sleeps until the next grant; the others queue on this lock, so a
         # grant wakes one thread instead of every waiting sender.
         self._turn = threading.Lock()
+
+    def successor(self, requests: int, per_seconds: float) -> "RateLimiter":
+        """A limiter for the same workspace under new limits (a config reload) that remembers
+        what this one knows: its recent requests, a 429's pause and Braze's budget. A fresh one
+        would allow a whole window of requests beside the last window's. Requests still
+        outstanding here count as answered now. Raise ValueError if a limit is impossible."""
+        successor = RateLimiter(requests, per_seconds, self._clock)
+        with self._lock:
+            now = self._clock()
+            successor._answered.extend(self._answered)
+            successor._answered.extend([now] * self._outstanding)
+            successor._paused_until = self._paused_until
+            successor._budget, successor._budget_until = self._budget, self._budget_until
+            successor._lowest_remaining = self._lowest_remaining
+        return successor
 
     def acquire(self, stop: threading.Event | None = None) -> Grant | None:
         """Block until a request may go; return its Grant, or None once `stop` is set."""

@@ -5,6 +5,7 @@ once still never pass `rate_limit` in any one-second window. Braze's X-RateLimit
 X-RateLimit-Reset headers tighten it further when Braze allows less than the configuration says.
 """
 
+import signal
 import threading
 
 import orjson
@@ -113,3 +114,29 @@ def test_braze_headers_tighten_a_limit_set_too_high(reset_style):
     assert all(isinstance(outcome, DeliveryResult) and outcome.rows_delivered == 1 for outcome in outcomes)
     assert statuses.count(201) == 30
     assert statuses.count(429) <= 1, f"Braze's remaining-requests header was not heeded: {statuses}"
+
+
+def test_a_reload_does_not_open_a_fresh_window_beside_the_last_one(tmp_path):
+    limit, window = 6, 5.0
+    drop = tmp_path / "drop"
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=0.5),
+                              braze_extra=f"  rate_limit: {{requests: {limit}, per_seconds: {window}}}\n"
+                                          "  max_objects_per_request: 1\n")
+        daemon = DaemonProcess(config, str(tmp_path / "daemon.log"))
+        try:
+            daemon.start()
+            write_export(drop, "Spring", "8101", export_rows("q", 2 * limit))
+            wait_for(lambda: _tracked(sandbox) >= limit, timeout=30, interval=0.05, what="a window's requests")
+            daemon.process.send_signal(signal.SIGHUP)   # the same config: the same workspace and limit
+            wait_for(lambda: "reload_done" in daemon.log(), timeout=30, what="reload_done")
+            wait_for(lambda: len(sandbox.store.all()) == 2 * limit, timeout=60, interval=0.2, what="every user")
+            assert daemon.terminate() == 0
+        finally:
+            daemon.stop_quietly()
+        arrivals = [record.monotonic for record in sandbox.requests if record.path == "/users/track"]
+    assert busiest_window(arrivals, window) <= limit
+
+
+def _tracked(sandbox) -> int:
+    return sum(1 for record in sandbox.requests if record.path == "/users/track")

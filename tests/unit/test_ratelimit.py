@@ -133,3 +133,26 @@ def test_a_request_counts_until_a_window_after_its_answer():
     assert limiter._delay(clock.now) > 0   # noqa: SLF001
     clock.now += 0.2
     assert limiter._delay(clock.now) <= 0  # noqa: SLF001
+
+
+
+def test_a_successor_counts_the_requests_of_the_limiter_it_replaces():
+    clock = FakeClock()
+    limiter = RateLimiter(requests=3, per_seconds=1.0, clock=clock)
+    answered, _ = limiter.acquire(), limiter.acquire()
+    limiter.release(answered)
+    successor = limiter.successor(4, 1.0)      # a reload raised the limit from 3 to 4
+    successor.acquire(), successor.acquire()   # the old two (one still out) and two new: four
+    assert successor._delay(clock.now) > 0     # noqa: SLF001 - not a fresh window of four more
+    clock.now += 1.0
+    assert successor._delay(clock.now) <= 0    # noqa: SLF001
+
+
+@pytest.mark.parametrize("learn, paused_for", [
+    (lambda limiter: limiter.pause(5), 5),                                          # a 429
+    (lambda limiter: limiter.release(limiter.acquire(), remaining=0, reset_seconds=30), 30),   # Braze's budget
+])
+def test_a_successor_keeps_what_braze_said(learn, paused_for):
+    limiter = RateLimiter(requests=100, per_seconds=1.0, clock=FakeClock())
+    learn(limiter)
+    assert limiter.successor(100, 1.0).paused_for == pytest.approx(paused_for)
