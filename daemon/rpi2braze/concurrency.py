@@ -11,7 +11,12 @@ limit adapts as TCP's congestion window and Vector's adaptive request concurrenc
 - the limit never passes the ceiling, `braze.concurrency` (the number of sender threads).
 
 A workspace that refuses the key (401/403/404) gets no requests at all, except one probe every
-PROBE_INTERVAL_SECONDS; the first probe Braze accepts reopens the gate for every sender.
+PROBE_INTERVAL_SECONDS; the first probe Braze accepts reopens the gate for every sender. Answers
+to requests sent before the refusal neither reopen it nor count as Braze being back.
+
+Senders waiting out a backoff after a failure are woken as soon as any request of the workspace
+is answered (`wait_to_retry`): after an outage, delivery resumes at the first answer instead of
+at each sender's own jittered backoff, which reaches a minute.
 """
 
 from __future__ import annotations
@@ -129,7 +134,10 @@ class ConcurrencyGate:
         self._clock = clock
         self._aimd = AimdLimit(ceiling, clock(), initial)
         self._probe_interval = probe_interval
-        self._condition = threading.Condition()
+        lock = threading.RLock()
+        self._condition = threading.Condition(lock)   # senders waiting for a slot
+        self._answer = threading.Condition(lock)      # senders waiting out a backoff
+        self._answers = 0
         self._in_flight = 0
         self._sending = 0
         self._refusal: str | None = None
@@ -202,11 +210,12 @@ class ConcurrencyGate:
             self._probing = self._probing and not slot.probe
             now, limit = self._clock(), self._aimd.limit
             if outcome is Outcome.REFUSED:
-                self._refuse(reason or "Braze refused the request", now)
+                self._refuse(reason or "Braze refused the request", now, slot.probe)
             else:
                 if outcome is Outcome.UNREACHABLE:
                     self._unreachable(reason)
-                if outcome is Outcome.ANSWERED:
+                # while refused, only a probe speaks for the key: other answers left before the refusal
+                if outcome is Outcome.ANSWERED and (self._refusal is None or slot.probe):
                     self._accepted()
                 self._aimd.observe(outcome, rtt, now)
             metrics.CONCURRENCY_LIMIT.set(self._aimd.limit)
@@ -214,14 +223,27 @@ class ConcurrencyGate:
             # would have dozens of threads fight for the GIL hundreds of times a second.
             self._condition.notify(1 + max(0, self._aimd.limit - limit))
 
-    def _refuse(self, reason: str, now: float) -> None:
+    def wait_to_retry(self, seconds: float, stop: threading.Event) -> None:
+        """Sleep up to `seconds` before a retry; return sooner once a request of this workspace is
+        answered (Braze is back) or `stop` is set."""
+        deadline = time.monotonic() + seconds   # a real wait, whatever clock the limit runs on
+        with self._answer:
+            answers = self._answers
+            while self._answers == answers and not stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._answer.wait(min(remaining, WAIT_POLL_SECONDS))
+
+    def _refuse(self, reason: str, now: float, probe: bool) -> None:
         self._shown_up = False
+        metrics.BRAZE_UP.set(0)
         if self._refusal is None:
             log.error("braze_refused", reason=reason, probe_every_seconds=self._probe_interval,
                       hint="every sender stopped; folders stay pending; delivery resumes by itself once "
                            "Braze accepts the key (fix braze.api_key and reload with SIGHUP)")
             HEALTH.mark(HEALTH_COMPONENT, False, reason)
-        else:
+        elif probe:   # the others were sent before the refusal: nothing new to say
             log.warning("braze_still_refused", reason=reason)
         self._refusal = reason
         self._next_probe = now + self._probe_interval
@@ -229,13 +251,17 @@ class ConcurrencyGate:
     def _unreachable(self, reason: str) -> None:
         """No usable answer: /healthz turns unhealthy once this lasts past its threshold."""
         HEALTH.mark(HEALTH_COMPONENT, False, reason)
+        metrics.BRAZE_UP.set(0)
         self._shown_up = False
 
     def _accepted(self) -> None:
+        self._answers += 1
+        self._answer.notify_all()
         if self._refusal is not None:
             log.info("braze_accepted", previously=self._refusal)
             self._refusal = None
             self._condition.notify_all()
         if not self._shown_up:
             HEALTH.mark(HEALTH_COMPONENT, True)
+            metrics.BRAZE_UP.set(1)
             self._shown_up = True

@@ -94,8 +94,8 @@ SOURCE_UP = Gauge(
 )
 BRAZE_UP = Gauge(
     "rpi2braze_braze_up",
-    "0 if the last request to Braze got no answer or a configuration error, else 1 (also before "
-    "the first request: an idle daemon is not one Braze refuses).",
+    "0 while Braze fails us (no answer, a 5xx, or the key refused: what /healthz counts as down), "
+    "else 1 (also before the first request: an idle daemon is not one Braze refuses).",
     registry=REGISTRY,
 )
 BRAZE_UP.set(1)

@@ -160,28 +160,28 @@ class BatchSender:
         except DeliveryError as error:
             metrics.REQUESTS.labels(status=str(error.status or "error")).inc()
             metrics.RATE_LIMITED.inc(error.status == 429)
-            metrics.BRAZE_UP.set(0 if isinstance(error, PermanentDeliveryError) or error.status is None else 1)
             raise
         finally:
             metrics.REQUESTS_IN_FLIGHT.dec()
         metrics.REQUESTS.labels(status=str(response.status)).inc()
-        metrics.BRAZE_UP.set(1)
         return response
 
     def _wait_before_retry(self, error: RetryableDeliveryError, attempt: int) -> None:
         backoff = self._workspace.backoff.delay(attempt, self._rng)
         if error.status == 429:
-            # Braze's limit is per workspace: every sender pauses, not only this one.
-            # at least the backoff: a Retry-After of 0, or an epoch reset skewed by our clock, must not spin;
-            # at most the backoff cap: an epoch reset far ahead of our clock must not stop delivery for hours
-            backoff_settings = self._workspace.backoff
-            self._workspace.limiter.pause(min(max(error.retry_after or 0.0, backoff, backoff_settings.base),
-                                              backoff_settings.cap))
+            # Braze's limit is per workspace: every sender pauses, not only this one, for as long as
+            # Braze says (the backoff if it says nothing or 0); at least the backoff's base, so an
+            # epoch reset skewed by our clock cannot make it spin; at most its cap, so an epoch reset
+            # far ahead of our clock cannot stop delivery for hours.
+            settings = self._workspace.backoff
+            told = error.retry_after if error.retry_after and error.retry_after > 0 else backoff
+            self._workspace.limiter.pause(min(max(told, settings.base), settings.cap))
             delay = 0.0
         else:   # a Retry-After on a 5xx is respected, up to the backoff cap
             delay = backoff if error.retry_after is None else min(error.retry_after, self._workspace.backoff.cap)
         log.warning("batch_retry", status=error.status, attempt=attempt, delay=round(delay, 2), error=str(error))
-        if self._stop.wait(delay) or self._stop.is_set():
+        self._workspace.gate.wait_to_retry(delay, self._stop)   # sooner once Braze answers another request
+        if self._stop.is_set():
             raise Abandoned(f"stopping while retrying: {error}")
 
 

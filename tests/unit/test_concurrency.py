@@ -204,11 +204,48 @@ def test_a_waiting_sender_gets_the_slot_released_and_stop_frees_the_rest():
     assert got[1:] == [None]
 
 
-@pytest.mark.parametrize("outcome, down", [(Outcome.UNREACHABLE, True), (OVERLOAD, False), (ANSWERED, False)])
-def test_only_an_unreachable_braze_counts_against_health(outcome, down):
-    gate = ConcurrencyGate(4, clock=FakeClock(), initial=2)
+def braze_up() -> float:
+    return metrics.REGISTRY.get_sample_value("rpi2braze_braze_up")
+
+
+@pytest.mark.parametrize("outcome, down", [(Outcome.UNREACHABLE, True), (OVERLOAD, False), (ANSWERED, False),
+                                           (REFUSED, True)])
+def test_health_and_the_braze_up_metric_agree_that_only_an_unreachable_or_refusing_braze_is_down(outcome, down):
+    gate = ConcurrencyGate(4, clock=FakeClock(), initial=2, probe_interval=0.0)
     gate.release(gate.try_acquire(), ANSWERED, 0.05)
     gate.release(gate.try_acquire(), outcome, 0.05, "Braze answered 503")
     assert ("braze" in HEALTH.report(threshold=-1)[1]["down"]) is down
+    assert braze_up() == (0 if down else 1)
     gate.release(gate.try_acquire(), ANSWERED, 0.05)
     assert "braze" not in HEALTH.report(threshold=-1)[1]["down"]
+    assert braze_up() == 1
+
+
+def test_an_answer_to_a_request_sent_before_the_refusal_does_not_reopen_the_gate():
+    gate = ConcurrencyGate(4, clock=FakeClock(), initial=2)
+    early, late = gate.try_acquire(), gate.try_acquire()
+    gate.release(late, REFUSED, reason="Braze answered 401: Invalid API key")
+    gate.release(early, ANSWERED, 0.05)   # sent with the key before it was revoked
+    assert gate.refusal == "Braze answered 401: Invalid API key"
+    assert "braze" in HEALTH.report(threshold=-1)[1]["down"] and braze_up() == 0
+
+
+def test_a_sender_waiting_to_retry_is_woken_by_another_answer_or_the_stop():
+    gate = ConcurrencyGate(4, initial=2)
+    stop = threading.Event()
+    woken = []
+    waiter = threading.Thread(target=lambda: woken.append(gate.wait_to_retry(60.0, stop)))
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive(), "it did not wait"
+    gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="Braze answered 502")
+    waiter.join(0.3)
+    assert waiter.is_alive(), "a failure is no reason to retry sooner"
+    gate.release(gate.try_acquire(), ANSWERED, 0.05)
+    waiter.join(10)
+    assert not waiter.is_alive() and woken == [None]
+    stopped = threading.Thread(target=gate.wait_to_retry, args=(60.0, stop))
+    stopped.start()
+    stop.set()
+    stopped.join(10)
+    assert not stopped.is_alive()

@@ -150,6 +150,72 @@ def test_a_429_pause_is_at_most_the_backoff_cap():
     assert results == [DeliveryResult(KEY, 0, 1, (), requests=2)]
 
 
+class RecordingLimiter(RateLimiter):
+    """A real limiter that also notes every pause it is asked for."""
+
+    def __init__(self, *arguments):
+        super().__init__(*arguments)
+        self.pauses: list[float] = []
+
+    def pause(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        super().pause(seconds)
+
+
+class BottomOfRange(random.Random):
+    def uniform(self, low, high):
+        return low
+
+
+@pytest.mark.parametrize("retry_after, rng, expected", [
+    # however many 429s in a row, Braze's delay: not a backoff growing 0.2, 0.4 ... 3.2 s
+    (0.2, TopOfRange(), [0.2] * 5),
+    (None, BottomOfRange(), [0.1] * 5),   # Braze said nothing: the backoff, at least its base
+])
+def test_a_429_pauses_for_what_braze_says_not_a_growing_backoff(retry_after, rng, expected):
+    limiter = RecordingLimiter(1000, 1)
+    space = Workspace(limiter, ConcurrencyGate(8), Backoff(base=0.1, cap=60.0), True)
+
+    def answer(ids, number):
+        if number <= 5:
+            raise RetryableDeliveryError("Braze answered 429: Rate Limited", 429, retry_after=retry_after)
+        return TrackResponse(201)
+
+    assert BatchSender(ScriptedClient(answer), space, threading.Event(), rng).deliver(make_batch(["a"])).requests == 6
+    assert limiter.pauses == pytest.approx(expected)
+
+
+def test_a_sender_backing_off_is_woken_once_braze_answers_another_request():
+    # After an outage every sender sleeps its own jittered backoff, up to a minute; the first
+    # request Braze answers again wakes them all.
+    space = workspace(backoff=Backoff(base=30.0, cap=30.0))
+    outage = threading.Event()
+    outage.set()
+
+    def answer(ids, number):
+        if outage.is_set():
+            raise RetryableDeliveryError("Braze answered 503: Service Unavailable", 503)
+        return TrackResponse(201)
+
+    client = ScriptedClient(answer)
+    results = []
+    sleeper = threading.Thread(target=lambda: results.append(
+        BatchSender(client, space, threading.Event(), TopOfRange()).deliver(make_batch(["asleep"]))))
+    sleeper.start()
+    wait_until(lambda: len(client.calls) == 1)   # it failed, and now sleeps 30 s
+    outage.clear()
+    sender_for(client, space).deliver(make_batch(["awake"], number=1))
+    sleeper.join(10)
+    assert results == [DeliveryResult(KEY, 0, 1, (), requests=2)]
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_a_429_pauses_every_sender_of_the_workspace():
     space = workspace(backoff=Backoff(base=0.0, cap=5.0))   # the pause is at most the cap
 
