@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from dataclasses import replace
@@ -51,15 +52,39 @@ def resolve_folder(settings: Settings, path: str) -> tuple[ExportFolder, LocalSo
 
 
 def process_folders(settings: Settings, paths: list[str]) -> int:
-    """Deliver each folder; return 0 if every one is delivered (now or before), 1 otherwise."""
-    pipeline = Pipeline.open(settings, threading.Event(), hold_while_refused=False)
+    """Deliver each folder; return 0 if every one is delivered (now or before), 1 otherwise, and
+    128 + the signal's number after SIGINT or SIGTERM: batches in flight finish and are recorded,
+    the folder is left pending, and no further folder is started. A second signal ends it at once."""
+    stop = threading.Event()
+    received: list[int] = []
+    previous = {signum: signal.signal(signum, _stopper(stop, received)) for signum in (signal.SIGINT, signal.SIGTERM)}
+    pipeline = Pipeline.open(settings, stop, hold_while_refused=False)
     failures = 0
     try:
         for path in paths:
+            if stop.is_set():
+                break
             failures += not _process_one(settings, pipeline, path)
     finally:
         pipeline.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        print(f"rpi2braze: stopped by {signal.Signals(received[0]).name}; run the same command again to "
+              f"deliver the rest", file=sys.stderr)
+        return 128 + received[0]
     return 1 if failures else 0
+
+
+def _stopper(stop: threading.Event, received: list[int]):
+    """A signal handler: the first signal asks for a stop, the second ends the process."""
+    def handle(signum, frame):
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        received.append(signum)
+        stop.set()
+    return handle
 
 
 def _process_one(settings: Settings, pipeline: Pipeline, path: str) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
@@ -41,6 +40,8 @@ BYTES_PER_PARTITION = 256 * 1024
 # reading process needed ~40 MB and ~15% more CPU per row for no gain (bench/README.md).
 MAX_PARTITIONS = 64
 WAIT_POLL_SECONDS = 0.5
+INTERRUPTED_REASON = ("interrupted: rpi2braze stopped while delivering it; acknowledged batches are kept, "
+                      "and the rest goes out when it is delivered again")
 
 
 @dataclass(frozen=True)
@@ -229,9 +230,10 @@ class FolderDelivery:
     def _conclude(self) -> WorkflowStatus:
         if self._failure is not None:
             return self._postpone(str(self._failure))
-        if self._interrupted:
+        if self._interrupted:   # status must not say in_progress while nothing delivers it
             log.info("workflow_interrupted", workflow_id=self.key.workflow_id, source=self.key.source)
-            return WorkflowStatus.IN_PROGRESS
+            self._context.state.set_pending(self.key, INTERRUPTED_REASON)
+            return WorkflowStatus.PENDING
         self._context.state.finish(self.key, WorkflowStatus.DELIVERED)
         record = self._context.state.get(self.key)
         log.info("workflow_delivered", source=self.key.source, channel=self.key.channel, offer=self.key.offer,

@@ -16,6 +16,7 @@ import pytest
 from daemon_helpers import API_KEY, environment, local_source, wait_for, write_config
 from rpi2braze.locks import WorkflowLocks
 from rpi2braze.model import WorkflowKey
+from rpi2braze.sandbox.faults import Faults
 from rpi2braze.sandbox.server import SandboxServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -225,3 +226,26 @@ def test_process_with_a_refused_key_exits_1_with_the_reason(tmp_path):
         assert sandbox.store.all() == {}
     assert result.returncode == 1
     assert "pending" in result.stdout and "401" in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_process_stopped_by_a_signal_during_an_outage_leaves_the_folder_pending_and_says_so(tmp_path, signum):
+    # Braze answers nothing but 503: without a stop, `process` retries for ever.
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "9"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_9.txt").write_text("external_id\nu-1\nu-2\n")
+    with SandboxServer(api_key=API_KEY, faults=Faults(error_rate=1.0)) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        process = subprocess.Popen([sys.executable, "-m", "rpi2braze", "-c", config, "process", str(folder)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment())
+        try:
+            wait_for(lambda: sandbox.requests, timeout=30, interval=0.05, what="the first request")
+            process.send_signal(signum)
+            stdout, stderr = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 128 + signum
+    assert f"stopped by {signal.Signals(signum).name}; run the same command again" in stderr
+    assert stdout.startswith("pending: ") and "0 rows delivered" in stdout
+    (record,) = json.loads(rpi2braze("-c", config, "status", "--json").stdout)
+    assert record["status"] == "pending" and record["reason"].startswith("interrupted: rpi2braze stopped")
