@@ -42,6 +42,7 @@ RTT_SLACK_SECONDS = 0.01          # so scheduling noise on a fast network is not
 MIN_WINDOW_SECONDS = 0.05
 PROBE_INTERVAL_SECONDS = 5.0      # while Braze refuses the key, one request this often
 WAIT_POLL_SECONDS = 0.25          # how soon a waiting sender notices `stop`
+OUTAGE_SHOWN_SECONDS = 10.0       # no answer for this long: an outage, shown on the folders waiting for it
 HEALTH_COMPONENT = "braze"
 
 
@@ -141,6 +142,7 @@ class ConcurrencyGate:
         self._in_flight = 0
         self._sending = 0
         self._refusal: str | None = None
+        self._outage: tuple[float, float, str] | None = None   # since (clock, wall), last reason
         self._next_probe = 0.0
         self._probing = False
         self._shown_up = False   # HEALTH says Braze accepts us (an earlier gate may have said otherwise)
@@ -155,6 +157,16 @@ class ConcurrencyGate:
     def in_flight(self) -> int:
         with self._condition:
             return self._in_flight
+
+    @property
+    def outage(self) -> str | None:
+        """Why Braze has given no usable answer for OUTAGE_SHOWN_SECONDS or more, and since when;
+        None while it answers (a few failures among answers are not an outage)."""
+        with self._condition:
+            if self._outage is None or self._clock() - self._outage[0] < OUTAGE_SHOWN_SECONDS:
+                return None
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self._outage[1]))
+            return f"waiting for Braze, retrying: no usable answer since {since} (last: {self._outage[2]})"
 
     @property
     def refusal(self) -> str | None:
@@ -214,6 +226,8 @@ class ConcurrencyGate:
             else:
                 if outcome is Outcome.UNREACHABLE:
                     self._unreachable(reason)
+                elif outcome is Outcome.OVERLOAD:   # Braze answered: busy, not gone
+                    self._outage = None
                 # while refused, only a probe speaks for the key: other answers left before the refusal
                 if outcome is Outcome.ANSWERED and (self._refusal is None or slot.probe):
                     self._accepted()
@@ -253,8 +267,11 @@ class ConcurrencyGate:
         HEALTH.mark(HEALTH_COMPONENT, False, reason)
         metrics.BRAZE_UP.set(0)
         self._shown_up = False
+        since = self._outage[:2] if self._outage else (self._clock(), time.time())
+        self._outage = (*since, reason)
 
     def _accepted(self) -> None:
+        self._outage = None
         self._answers += 1
         self._answer.notify_all()
         if self._refusal is not None:

@@ -78,6 +78,7 @@ UPDATE_FINISH = "UPDATE workflows SET status = ?1, reason = ?2, finished_at = ?3
 # A finished workflow stays finished: only `requeue` (the retry command) reopens it.
 UPDATE_PENDING = """UPDATE workflows SET status = 'pending', reason = ?, updated_at = ?
     WHERE id = ? AND status NOT IN ('delivered', 'failed', 'quarantined')"""
+UPDATE_NOTE = "UPDATE workflows SET reason = ?, updated_at = ? WHERE id = ? AND status = 'in_progress'"
 DELETE_BATCHES = "DELETE FROM batches WHERE workflow = ?"
 UPDATE_REQUEUE = """UPDATE workflows SET status = 'pending', reason = '', partitions = NULL, rows_delivered = 0,
     rows_rejected = 0, batches_acked = 0, started_at = NULL, finished_at = NULL, updated_at = ? WHERE id = ?"""
@@ -227,6 +228,13 @@ class StateStore:
         with self._transaction(write=True) as connection:
             workflow, _ = _find_id(connection, key)
             connection.execute(UPDATE_PENDING, (reason, self._clock(), workflow))
+
+    def note(self, key: WorkflowKey, reason: str) -> None:
+        """Set the reason of an IN_PROGRESS `key` (why it waits: Braze unreachable), leaving its
+        status; "" clears it. A workflow in any other status is left as it is."""
+        with self._transaction(write=True) as connection:
+            workflow, _ = _find_id(connection, key)
+            connection.execute(UPDATE_NOTE, (reason, self._clock(), workflow))
 
     def requeue(self, key: WorkflowKey) -> WorkflowRecord:
         """Put a FAILED, QUARANTINED or DELIVERED workflow back to PENDING for the `retry` command.

@@ -79,6 +79,7 @@ class FolderDelivery:
         self._deadletter: DeadLetterWriter | None = None
         self._partitions = 1
         self._shown_refused = False
+        self._shown_outage = False
         self._gone = False            # the folder was moved away once every row was read
         self.busy_elsewhere = False   # run() found another process delivering this workflow
 
@@ -173,7 +174,7 @@ class FolderDelivery:
                 continue
             with self._lock:
                 self._outstanding += 1
-            self._context.pool.submit(batch, self._on_done, waiting=self._show_refusal)
+            self._context.pool.submit(batch, self._on_done, waiting=self._show_waiting)
 
     def _on_done(self, batch: Batch, outcome: DeliveryResult | Exception) -> None:
         try:
@@ -208,14 +209,22 @@ class FolderDelivery:
                 if not self._outstanding:
                     return
                 self._lock.wait(WAIT_POLL_SECONDS)
-            self._show_refusal()
+            self._show_waiting()
 
-    def _show_refusal(self) -> None:
-        """While Braze refuses the key, batches wait at the gate: show the folder as pending, and why.
-        Only shown: a state file too busy to show it is tried again at the next call, and must
-        not end the wait for batches still in flight (they would be sent again)."""
-        refusal = self._context.pool.gate.refusal
+    def _show_waiting(self) -> None:
+        """Show in the state file why batches wait: while Braze refuses the key, the folder is
+        pending with the refusal; during an outage it stays in progress with the outage as its
+        reason. Only shown: a state file too busy to show it is tried again at the next call, and
+        must not end the wait for batches still in flight (they would be sent again)."""
+        gate = self._context.pool.gate
+        refusal, outage = gate.refusal, gate.outage
         try:
+            if outage is not None and refusal is None and not self._shown_outage:
+                self._context.state.note(self.key, outage)
+                self._shown_outage = True
+            elif outage is None and self._shown_outage:
+                self._context.state.note(self.key, "")
+                self._shown_outage = False
             if refusal is not None and not self._shown_refused:
                 self._context.state.set_pending(self.key, refusal)
                 self._shown_refused = True

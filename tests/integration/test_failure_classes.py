@@ -21,6 +21,7 @@ from daemon_helpers import (
 from delivery_helpers import (
     HEADER, MARKER, UPSERT, expected_profiles, export_rows, profile_mismatches, write_export,
 )
+from rpi2braze import concurrency
 from rpi2braze.concurrency import PROBE_INTERVAL_SECONDS
 from rpi2braze.config import load_settings
 from rpi2braze.model import WorkflowStatus
@@ -232,3 +233,33 @@ def test_a_folder_moved_away_once_every_row_was_read_is_delivered_not_pending_fo
     assert outcome == {"status": WorkflowStatus.DELIVERED}
     assert (record.status, record.rows_delivered) == (WorkflowStatus.DELIVERED, 150) and len(delivered) == 150
     assert not (tmp_path / "archive").exists()
+
+
+def test_during_an_outage_the_folder_says_it_waits_for_braze_and_the_reason_goes_once_braze_is_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(concurrency, "OUTAGE_SHOWN_SECONDS", 0.5)
+    folder = write_export(tmp_path / "drop", "Offer", "67", export_rows("o", 300))
+    with SandboxServer(api_key=API_KEY, faults=Faults(error_rate=1.0, error_statuses=(502,))) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "drop"), settle=0))
+        settings = load_settings(config, environment())
+        delivery_folder, source, source_settings = resolve_folder(settings, str(folder))
+        pipeline = Pipeline.open(settings, threading.Event())
+        state, key = pipeline.context.state, delivery_folder.key
+        outcome = {}
+        runner = threading.Thread(target=lambda: outcome.update(status=FolderDelivery(
+            delivery_folder, source, source_settings, pipeline.context).run()))
+        try:
+            runner.start()
+            waiting = wait_for(lambda: (record := state.get(key)) is not None and record.reason and record,
+                               timeout=30, interval=0.05, what="the outage shown")
+            sandbox.faults = Faults()
+            runner.join(60)
+            delivered = state.get(key)
+        finally:
+            sandbox.faults = Faults()
+            runner.join(60)
+            pipeline.close()
+    assert waiting.status == WorkflowStatus.IN_PROGRESS
+    assert waiting.reason.startswith("waiting for Braze, retrying: no usable answer since ")
+    assert "Braze answered 502" in waiting.reason
+    assert outcome == {"status": WorkflowStatus.DELIVERED}
+    assert (delivered.reason, delivered.rows_delivered) == ("", 300)

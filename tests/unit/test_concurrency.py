@@ -6,7 +6,7 @@ import pytest
 
 from rpi2braze import metrics
 from rpi2braze.concurrency import (
-    MIN_WINDOW_SECONDS, AimdLimit, ConcurrencyGate, Outcome, initial_limit,
+    MIN_WINDOW_SECONDS, OUTAGE_SHOWN_SECONDS, AimdLimit, ConcurrencyGate, Outcome, initial_limit,
 )
 from rpi2braze.health import HEALTH
 
@@ -249,3 +249,21 @@ def test_a_sender_waiting_to_retry_is_woken_by_another_answer_or_the_stop():
     stop.set()
     stopped.join(10)
     assert not stopped.is_alive()
+
+
+def test_an_outage_is_named_once_braze_has_not_answered_for_a_while_and_ends_with_an_answer():
+    clock = FakeClock()
+    gate = ConcurrencyGate(4, clock=clock, initial=2)
+    gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="Braze answered 502: Bad Gateway")
+    assert gate.outage is None, "one failure is not an outage"
+    clock.now += OUTAGE_SHOWN_SECONDS
+    gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="no answer from Braze: ConnectionRefusedError")
+    assert gate.outage.startswith("waiting for Braze, retrying: no usable answer since ")
+    assert gate.outage.endswith("(last: no answer from Braze: ConnectionRefusedError)")
+    gate.release(gate.try_acquire(), OVERLOAD)   # a 429 is an answer: busy, not gone
+    assert gate.outage is None
+    gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="Braze answered 503")
+    clock.now += OUTAGE_SHOWN_SECONDS
+    assert gate.outage is not None
+    gate.release(gate.try_acquire(), ANSWERED, 0.05)
+    assert gate.outage is None

@@ -285,6 +285,20 @@ def test_set_pending_keeps_acked_batches_and_begin_clears_the_reason(store):
     assert store.get(KEY).reason == ""
 
 
+def test_a_note_gives_an_in_progress_workflow_a_reason_and_leaves_other_statuses_alone(store):
+    store.record_seen(KEY, "x")
+    store.note(KEY, "waiting for Braze")
+    assert (store.get(KEY).status, store.get(KEY).reason) == (WorkflowStatus.PENDING, "")
+    store.begin(KEY, 3)
+    store.note(KEY, "waiting for Braze")
+    assert (store.get(KEY).status, store.get(KEY).reason) == (WorkflowStatus.IN_PROGRESS, "waiting for Braze")
+    store.note(KEY, "")
+    assert store.get(KEY).reason == ""
+    store.finish(KEY, WorkflowStatus.DELIVERED)
+    store.note(KEY, "waiting for Braze")
+    assert (store.get(KEY).status, store.get(KEY).reason) == (WorkflowStatus.DELIVERED, "")
+
+
 @pytest.mark.parametrize("status", FINAL)
 def test_requeue_clears_batches_counters_reason_and_partitions(store, status):
     store.record_seen(KEY, "x")
