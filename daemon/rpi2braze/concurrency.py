@@ -44,6 +44,10 @@ PROBE_INTERVAL_SECONDS = 5.0      # while Braze refuses the key, one request thi
 WAIT_POLL_SECONDS = 0.25          # how soon a waiting sender notices `stop`
 OUTAGE_SHOWN_SECONDS = 10.0       # no answer for this long: an outage, shown on the folders waiting for it
 HEALTH_COMPONENT = "braze"
+# What a refusal means for an operator: the daemon waits for the key, `process` gives up.
+WAITS_FOR_THE_KEY = ("every sender stopped; folders stay pending; delivery resumes by itself once Braze "
+                     "accepts the key (fix braze.api_key and reload with SIGHUP)")
+GIVES_UP = "nothing more is sent; fix braze.api_key and run the command again"
 
 
 class Outcome(StrEnum):
@@ -131,8 +135,10 @@ class ConcurrencyGate:
     """The slots every sender of one workspace acquires around each request. Thread-safe."""
 
     def __init__(self, ceiling: int, *, clock: Callable[[], float] = time.monotonic,
-                 probe_interval: float = PROBE_INTERVAL_SECONDS, initial: int | None = None):
+                 probe_interval: float = PROBE_INTERVAL_SECONDS, initial: int | None = None,
+                 refusal_hint: str = WAITS_FOR_THE_KEY):
         self._clock = clock
+        self._refusal_hint = refusal_hint
         self._aimd = AimdLimit(ceiling, clock(), initial)
         self._probe_interval = probe_interval
         lock = threading.RLock()
@@ -253,9 +259,7 @@ class ConcurrencyGate:
         self._shown_up = False
         metrics.BRAZE_UP.set(0)
         if self._refusal is None:
-            log.error("braze_refused", reason=reason, probe_every_seconds=self._probe_interval,
-                      hint="every sender stopped; folders stay pending; delivery resumes by itself once "
-                           "Braze accepts the key (fix braze.api_key and reload with SIGHUP)")
+            log.error("braze_refused", reason=reason, hint=self._refusal_hint)
             HEALTH.mark(HEALTH_COMPONENT, False, reason)
         elif probe:   # the others were sent before the refusal: nothing new to say
             log.warning("braze_still_refused", reason=reason)

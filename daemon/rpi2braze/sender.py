@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from rpi2braze import metrics
+from rpi2braze import concurrency, metrics
 from rpi2braze.batcher import join_body
 from rpi2braze.braze_client import BrazeClient, TrackResponse
 from rpi2braze.concurrency import ConcurrencyGate, Outcome, Slot
@@ -239,7 +239,8 @@ class SenderPool:
                  *, gate: ConcurrencyGate | None = None, backoff: Backoff = Backoff(),
                  hold_while_refused: bool = True):
         self.threads = threads or settings.concurrency
-        self.gate = gate or ConcurrencyGate(self.threads)
+        self.gate = gate or ConcurrencyGate(
+            self.threads, refusal_hint=concurrency.WAITS_FOR_THE_KEY if hold_while_refused else concurrency.GIVES_UP)
         self._workspace = Workspace(limiter, self.gate, backoff, hold_while_refused)
         self._stop = stop
         self._queues = [queue.Queue(QUEUE_DEPTH_PER_SENDER) for _ in range(self.threads)]

@@ -226,6 +226,9 @@ def test_process_with_a_refused_key_exits_1_with_the_reason(tmp_path):
         assert sandbox.store.all() == {}
     assert result.returncode == 1
     assert "pending" in result.stdout and "401" in result.stdout
+    # the hint fits a command that gives up, not the daemon that waits for the key
+    assert "fix braze.api_key and run the command again" in result.stderr
+    assert "SIGHUP" not in result.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
