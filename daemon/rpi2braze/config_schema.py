@@ -132,7 +132,8 @@ CONFIG = Section({
                       "RPI channel folder name -> upsert (create or update) or append (update only)",
                       non_empty=True),
     "mapping": MAPPING,
-    "workers": integer("workflow folders delivered at once", 1, 64),
+    "workers": integer("workflow folders delivered at once, plus one worker for folders under 16 MiB "
+                       "(they never wait behind big ones)", 1, 64),
     "parse_process_min_bytes": integer(
         "folders of at least this many bytes are read and mapped in child processes, leaving this "
         f"one's core to sending (default {settings.DEFAULT_PARSE_PROCESS_MIN_BYTES}; 0: every folder)", 0),

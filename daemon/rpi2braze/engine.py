@@ -7,12 +7,12 @@ restart and without losing anything.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from typing import Callable
 
 from rpi2braze.errors import SourceError, SourceUnavailable
+from rpi2braze.folderqueue import Closed, FolderQueue, is_small
 from rpi2braze.log import get_logger
 from rpi2braze.model import ExportFolder, WorkflowStatus
 from rpi2braze.pipeline import Pipeline
@@ -25,7 +25,6 @@ from rpi2braze.worker import FolderDelivery
 log = get_logger(__name__)
 
 POLL_SECONDS = 1.0
-_SENTINEL = None
 
 
 class Engine:
@@ -35,7 +34,7 @@ class Engine:
         """`previous`: the engine a reload replaces (drained and closed)."""
         self.settings = settings
         self.stop = threading.Event()
-        self._folders: queue.Queue = queue.Queue()
+        self._folders: FolderQueue = FolderQueue()
         self._targets: dict[str, object] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._in_progress = 0
@@ -49,11 +48,12 @@ class Engine:
         self._spawn("scanner", self.scanner.run)
         for index in range(self.settings.workers):
             self._spawn(f"folder-worker-{index}", self._work)
+        self._spawn("small-folder-worker", lambda: self._work(small_only=True))   # folderqueue.py
         return self
 
     @property
     def queue_depth(self) -> int:
-        return self._folders.qsize()
+        return len(self._folders)
 
     @property
     def in_progress(self) -> int:
@@ -83,8 +83,7 @@ class Engine:
         `alive()` is called while it waits (systemd's watchdog: a drain may outlast its period)."""
         self.stop.set()
         self.scanner.wake()   # it may be waiting out a long scan interval
-        for _ in self._threads:
-            self._folders.put(_SENTINEL)
+        self._folders.close()
         for thread in self._threads.values():
             while thread.is_alive() and not force.is_set() and time.monotonic() < deadline:
                 thread.join(0.2)
@@ -105,17 +104,16 @@ class Engine:
         self._threads[name].start()
 
     def _enqueue(self, folder: ExportFolder, source: Source, source_settings: SourceSettings) -> None:
-        self._folders.put((folder, source, source_settings))
+        self._folders.put((folder, source, source_settings), is_small(folder))
 
-    def _work(self) -> None:
+    def _work(self, small_only: bool = False) -> None:
         while not self.stop.is_set():
             try:
-                item = self._folders.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                continue
-            if item is _SENTINEL:
+                item = self._folders.get(small_only, POLL_SECONDS)
+            except Closed:
                 return
-            self._deliver(*item)
+            if item is not None:
+                self._deliver(*item)
 
     def _deliver(self, folder: ExportFolder, source: Source, source_settings: SourceSettings) -> None:
         status = WorkflowStatus.IN_PROGRESS

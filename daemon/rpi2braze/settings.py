@@ -122,7 +122,7 @@ class Settings:
     channels: dict[str, ChannelMode] = field(default_factory=lambda: dict(DEFAULT_CHANNELS))
     mapping: MappingSettings = MappingSettings()
     http: HttpSettings | None = None
-    workers: int = 2                            # folders delivered at once
+    workers: int = 2                            # folders delivered at once (and one more, small folders only)
     parse_process_min_bytes: int = DEFAULT_PARSE_PROCESS_MIN_BYTES   # 0: every folder in child processes
     log_level: str = "info"
     log_format: str = "json"                    # json | console

@@ -1,0 +1,43 @@
+"""A small folder dropped while every worker delivers a big one is delivered at once, not after them."""
+
+import threading
+import time
+
+import pytest
+
+from daemon_helpers import API_KEY, local_source, wait_for, write_config
+from delivery_helpers import export_rows, write_export
+from rpi2braze import folderqueue
+from rpi2braze.config import load_settings
+from rpi2braze.engine import Engine
+from rpi2braze.model import WorkflowKey, WorkflowStatus
+from rpi2braze.sandbox import SandboxServer
+
+pytestmark = pytest.mark.slow
+
+UPSERT = "Braze Onboarding and Upsert"
+
+
+def test_a_small_folder_does_not_wait_for_the_big_one_every_worker_is_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(folderqueue, "SMALL_FOLDER_BYTES", 5_000)
+    drop = tmp_path / "drop"
+    big, small = WorkflowKey("drop", UPSERT, "Big", "101"), WorkflowKey("drop", UPSERT, "Small", "102")
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        # One worker, and one request a second: the big folder's 8 requests take 8 seconds.
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=0.2),
+                              braze_extra="  rate_limit: {requests: 1, per_seconds: 1}\n", extra="workers: 1\n")
+        engine = Engine(load_settings(config, {"TEST_BRAZE_API_KEY": API_KEY})).start()
+        state = engine.pipeline.context.state
+        try:
+            write_export(drop, "Big", "101", export_rows("b", 600))
+            wait_for(lambda: (record := state.get(big)) and record.status == WorkflowStatus.IN_PROGRESS,
+                     timeout=30, interval=0.05, what="the big folder under way")
+            write_export(drop, "Small", "102", export_rows("s", 3))
+            wait_for(lambda: (record := state.get(small)) and record.status == WorkflowStatus.DELIVERED,
+                     timeout=30, interval=0.05, what="the small folder delivered")
+            big_then = state.get(big)
+        finally:
+            engine.drain(time.monotonic() + 10, threading.Event())
+            engine.close(timeout=5)
+    assert big_then.status == WorkflowStatus.IN_PROGRESS and big_then.rows_delivered < 600
+    assert {f"s-{number:06d}" for number in range(3)} <= set(sandbox.store.all())
