@@ -132,7 +132,7 @@ CONFIG = Section({
                       "RPI channel folder name -> upsert (create or update) or append (update only)",
                       non_empty=True),
     "mapping": MAPPING,
-    "workers": integer("workflow folders delivered at once, plus one worker for folders under 16 MiB "
+    "workers": integer("workflow folders delivered at once, plus one worker for folders under 16 MB "
                        "(they never wait behind big ones)", 1, 64),
     "parse_process_min_bytes": integer(
         "folders of at least this many bytes are read and mapped in child processes, leaving this "

@@ -14,7 +14,7 @@ from typing import Generic, TypeVar
 
 from rpi2braze.model import ExportFolder
 
-SMALL_FOLDER_BYTES = 16 * 1024 * 1024   # about 100,000 rows of a typical export: seconds to deliver
+SMALL_FOLDER_BYTES = 16_000_000   # ~100,000 rows of a typical export, seconds to deliver; parse_process_min_bytes default
 
 Item = TypeVar("Item")
 
