@@ -14,9 +14,10 @@ A workspace that refuses the key (401/403/404) gets no requests at all, except o
 PROBE_INTERVAL_SECONDS; the first probe Braze accepts reopens the gate for every sender. Answers
 to requests sent before the refusal neither reopen it nor count as Braze being back.
 
-Senders waiting out a backoff after a failure are woken as soon as any request of the workspace
-is answered (`wait_to_retry`): after an outage, delivery resumes at the first answer instead of
-at each sender's own jittered backoff, which reaches a minute.
+A sender whose request failed during an outage (no usable answer for OUTAGE_SHOWN_SECONDS) and
+waits out its backoff is woken by the first request of the workspace answered after its failure
+(`wait_to_retry`): delivery resumes at Braze's first answer, not at each sender's own jittered
+backoff, which reaches a minute. A failure among answers keeps its whole backoff.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ class Outcome(StrEnum):
     """What one request taught about the workspace."""
 
     ANSWERED = "answered"    # an answer Braze meant (2xx, 400, 413): its round trip counts
-    OVERLOAD = "overload"    # 429, 408: back off
-    UNREACHABLE = "unreachable"  # 5xx, timeout, connection dropped: back off, and /healthz counts it
+    OVERLOAD = "overload"    # 429, 425, 408: back off
+    UNREACHABLE = "unreachable"  # 5xx, timeout, connection dropped, a proxy's answer: back off, and /healthz counts it
     REFUSED = "refused"      # 401, 403, 404: the key or endpoint is wrong; stop every sender
     UNKNOWN = "unknown"      # nothing learned (the request failed in our own code)
 
@@ -129,6 +130,9 @@ class Slot:
 
     probe: bool = False
     sending: bool = False
+    # Set when released during an outage: the count of answered requests then. A later answer
+    # means Braze is back, and ends the wait before this request's retry (`wait_to_retry`).
+    answers_in_outage: int | None = None
 
 
 class ConcurrencyGate:
@@ -148,7 +152,7 @@ class ConcurrencyGate:
         self._in_flight = 0
         self._sending = 0
         self._refusal: str | None = None
-        self._outage: tuple[float, float, str] | None = None   # since (clock, wall), last reason
+        self._outage: tuple[float, float, str] | None = None   # since (clock, wall), and why
         self._next_probe = 0.0
         self._probing = False
         self._shown_up = False   # HEALTH says Braze accepts us (an earlier gate may have said otherwise)
@@ -169,10 +173,10 @@ class ConcurrencyGate:
         """Why Braze has given no usable answer for OUTAGE_SHOWN_SECONDS or more, and since when;
         None while it answers (a few failures among answers are not an outage)."""
         with self._condition:
-            if self._outage is None or self._clock() - self._outage[0] < OUTAGE_SHOWN_SECONDS:
+            if not self._in_outage():
                 return None
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self._outage[1]))
-            return f"waiting for Braze, retrying: no usable answer since {since} (last: {self._outage[2]})"
+            return f"waiting for Braze, retrying: no usable answer since {since} (then: {self._outage[2]})"
 
     @property
     def refusal(self) -> str | None:
@@ -232,10 +236,11 @@ class ConcurrencyGate:
             else:
                 if outcome is Outcome.UNREACHABLE:
                     self._unreachable(reason)
-                elif outcome is Outcome.OVERLOAD:   # Braze answered: busy, not gone
+                    slot.answers_in_outage = self._answers if self._in_outage() else None
+                elif outcome is Outcome.OVERLOAD:   # Braze answered (429, 425, 408): busy, not gone
                     self._outage = None
-                # while refused, only a probe speaks for the key: other answers left before the refusal
-                if outcome is Outcome.ANSWERED and (self._refusal is None or slot.probe):
+                elif outcome is Outcome.ANSWERED and (self._refusal is None or slot.probe):
+                    # while refused, only a probe speaks for the key: other answers left before the refusal
                     self._accepted()
                 self._aimd.observe(outcome, rtt, now)
             metrics.CONCURRENCY_LIMIT.set(self._aimd.limit)
@@ -243,13 +248,15 @@ class ConcurrencyGate:
             # would have dozens of threads fight for the GIL hundreds of times a second.
             self._condition.notify(1 + max(0, self._aimd.limit - limit))
 
-    def wait_to_retry(self, seconds: float, stop: threading.Event) -> None:
-        """Sleep up to `seconds` before a retry; return sooner once a request of this workspace is
-        answered (Braze is back) or `stop` is set."""
+    def _in_outage(self) -> bool:
+        return self._outage is not None and self._clock() - self._outage[0] >= OUTAGE_SHOWN_SECONDS
+
+    def wait_to_retry(self, seconds: float, stop: threading.Event, slot: Slot) -> None:
+        """Sleep up to `seconds` before retrying the failed request of `slot`, or until `stop` is
+        set; if it failed during an outage, only until a request is answered after it."""
         deadline = time.monotonic() + seconds   # a real wait, whatever clock the limit runs on
         with self._answer:
-            answers = self._answers
-            while self._answers == answers and not stop.is_set():
+            while not stop.is_set() and (slot.answers_in_outage is None or self._answers == slot.answers_in_outage):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
@@ -271,8 +278,8 @@ class ConcurrencyGate:
         HEALTH.mark(HEALTH_COMPONENT, False, reason)
         metrics.BRAZE_UP.set(0)
         self._shown_up = False
-        since = self._outage[:2] if self._outage else (self._clock(), time.time())
-        self._outage = (*since, reason)
+        if self._outage is None:   # the first failure since the last answer: shown once, it stays true
+            self._outage = (self._clock(), time.time(), reason)
 
     def _accepted(self) -> None:
         self._outage = None

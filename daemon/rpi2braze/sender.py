@@ -73,6 +73,7 @@ class BatchSender:
         self._workspace = workspace
         self._stop = stop
         self._rng = rng
+        self._last_slot = Slot()   # the last request's: if it failed, its retry waits on it (wait_to_retry)
 
     def close(self) -> None:
         self._client.close()
@@ -133,6 +134,7 @@ class BatchSender:
             return self._request(body, slot, report)
         finally:
             gate.release(slot, report.outcome, report.rtt, report.reason)
+            self._last_slot = slot
 
     def _request(self, body: bytes, slot: Slot, report: "_Report") -> TrackResponse:
         limiter = self._workspace.limiter
@@ -180,7 +182,10 @@ class BatchSender:
         else:   # a Retry-After on a 5xx is respected, up to the backoff cap
             delay = backoff if error.retry_after is None else min(error.retry_after, self._workspace.backoff.cap)
         log.warning("batch_retry", status=error.status, attempt=attempt, delay=round(delay, 2), error=str(error))
-        self._workspace.gate.wait_to_retry(delay, self._stop)   # sooner once Braze answers another request
+        if error.retry_after is None:   # a backoff: after an outage, over at Braze's first answer
+            self._workspace.gate.wait_to_retry(delay, self._stop, self._last_slot)
+        else:
+            self._stop.wait(delay)
         if self._stop.is_set():
             raise Abandoned(f"stopping while retrying: {error}")
 
@@ -199,8 +204,10 @@ class _Report:
     def failed(self, error: DeliveryError, rtt: float) -> None:
         self.reason = str(error)
         if isinstance(error, RetryableDeliveryError):
-            unreachable = error.status is None or error.status >= 500
-            self.outcome = Outcome.UNREACHABLE if unreachable else Outcome.OVERLOAD
+            # 429, 425 and 408 come from a Braze that is there but busy; a 5xx, no answer, or a 2xx or
+            # 400 that is not Braze's (a proxy in the way) mean Braze was not reached
+            busy = error.status in (408, 425, 429)
+            self.outcome = Outcome.OVERLOAD if busy else Outcome.UNREACHABLE
         elif isinstance(error, PermanentDeliveryError):
             self.outcome = Outcome.REFUSED
         else:   # 400/413: Braze read the request and answered it

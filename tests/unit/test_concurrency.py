@@ -230,25 +230,24 @@ def test_an_answer_to_a_request_sent_before_the_refusal_does_not_reopen_the_gate
     assert "braze" in HEALTH.report(threshold=-1)[1]["down"] and braze_up() == 0
 
 
-def test_a_sender_waiting_to_retry_is_woken_by_another_answer_or_the_stop():
-    gate = ConcurrencyGate(4, initial=2)
+def test_a_retry_after_an_outage_waits_only_for_an_answer_after_its_failure():
+    clock = FakeClock()
+    gate = ConcurrencyGate(4, clock=clock, initial=2)
     stop = threading.Event()
-    woken = []
-    waiter = threading.Thread(target=lambda: woken.append(gate.wait_to_retry(60.0, stop)))
+    sporadic = gate.try_acquire()
+    gate.release(sporadic, Outcome.UNREACHABLE, reason="Braze answered 502")   # not an outage yet
+    clock.now += OUTAGE_SHOWN_SECONDS
+    in_outage = gate.try_acquire()
+    gate.release(in_outage, Outcome.UNREACHABLE, reason="Braze answered 502")
+    gate.release(gate.try_acquire(), ANSWERED, 0.05)   # before the sender began to wait: not missed
+    gate.wait_to_retry(60.0, stop, in_outage)          # returns at once
+    waiter = threading.Thread(target=gate.wait_to_retry, args=(60.0, stop, sporadic))
     waiter.start()
     waiter.join(0.3)
-    assert waiter.is_alive(), "it did not wait"
-    gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="Braze answered 502")
-    waiter.join(0.3)
-    assert waiter.is_alive(), "a failure is no reason to retry sooner"
-    gate.release(gate.try_acquire(), ANSWERED, 0.05)
-    waiter.join(10)
-    assert not waiter.is_alive() and woken == [None]
-    stopped = threading.Thread(target=gate.wait_to_retry, args=(60.0, stop))
-    stopped.start()
+    assert waiter.is_alive(), "a failure among answers keeps its whole backoff"
     stop.set()
-    stopped.join(10)
-    assert not stopped.is_alive()
+    waiter.join(10)
+    assert not waiter.is_alive()
 
 
 def test_an_outage_is_named_once_braze_has_not_answered_for_a_while_and_ends_with_an_answer():
@@ -259,7 +258,7 @@ def test_an_outage_is_named_once_braze_has_not_answered_for_a_while_and_ends_wit
     clock.now += OUTAGE_SHOWN_SECONDS
     gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="no answer from Braze: ConnectionRefusedError")
     assert gate.outage.startswith("waiting for Braze, retrying: no usable answer since ")
-    assert gate.outage.endswith("(last: no answer from Braze: ConnectionRefusedError)")
+    assert gate.outage.endswith("(then: Braze answered 502: Bad Gateway)")   # the first failure: stays true
     gate.release(gate.try_acquire(), OVERLOAD)   # a 429 is an answer: busy, not gone
     assert gate.outage is None
     gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="Braze answered 503")

@@ -12,13 +12,14 @@ import orjson
 import pytest
 
 from rpi2braze.braze_client import TrackResponse
-from rpi2braze.concurrency import ConcurrencyGate
+from rpi2braze import concurrency
+from rpi2braze.concurrency import ConcurrencyGate, Outcome
 from rpi2braze.errors import PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
 from rpi2braze.health import HEALTH
 from rpi2braze.model import Batch, DeliveryResult, RawRow, WorkflowKey
 from rpi2braze.ratelimit import RateLimiter
 from rpi2braze.secret import Secret
-from rpi2braze.sender import Abandoned, Backoff, BatchSender, SenderPool, Workspace
+from rpi2braze.sender import Abandoned, Backoff, BatchSender, SenderPool, Workspace, _Report
 from rpi2braze.settings import BrazeSettings
 
 KEY = WorkflowKey("drop", "Braze Onboarding and Upsert", "Offer", "42")
@@ -185,9 +186,10 @@ def test_a_429_pauses_for_what_braze_says_not_a_growing_backoff(retry_after, rng
     assert limiter.pauses == pytest.approx(expected)
 
 
-def test_a_sender_backing_off_is_woken_once_braze_answers_another_request():
+def test_a_sender_backing_off_in_an_outage_is_woken_once_braze_answers_another_request(monkeypatch):
     # After an outage every sender sleeps its own jittered backoff, up to a minute; the first
     # request Braze answers again wakes them all.
+    monkeypatch.setattr(concurrency, "OUTAGE_SHOWN_SECONDS", 0.0)   # every failure is in an outage
     space = workspace(backoff=Backoff(base=30.0, cap=30.0))
     outage = threading.Event()
     outage.set()
@@ -202,11 +204,53 @@ def test_a_sender_backing_off_is_woken_once_braze_answers_another_request():
     sleeper = threading.Thread(target=lambda: results.append(
         BatchSender(client, space, threading.Event(), TopOfRange()).deliver(make_batch(["asleep"]))))
     sleeper.start()
-    wait_until(lambda: len(client.calls) == 1)   # it failed, and now sleeps 30 s
+    wait_until(lambda: len(client.calls) == 1)   # it failed, and sleeps 30 s
     outage.clear()
     sender_for(client, space).deliver(make_batch(["awake"], number=1))
     sleeper.join(10)
     assert results == [DeliveryResult(KEY, 0, 1, (), requests=2)]
+
+
+def test_a_retry_after_on_a_5xx_is_waited_out_even_when_other_requests_are_answered(monkeypatch):
+    monkeypatch.setattr(concurrency, "OUTAGE_SHOWN_SECONDS", 0.0)
+    space = workspace(backoff=Backoff(base=0.0, cap=60.0))
+    stop = threading.Event()
+
+    def answer(ids, number):
+        if ids == ["told"]:
+            raise RetryableDeliveryError("Braze answered 503: Service Unavailable", 503, retry_after=30.0)
+        return TrackResponse(201)
+
+    client = ScriptedClient(answer)
+    outcome = []
+
+    def deliver() -> None:
+        try:
+            BatchSender(client, space, stop, random.Random(7)).deliver(make_batch(["told"]))
+        except Abandoned:
+            outcome.append("abandoned")
+    told = threading.Thread(target=deliver)
+    told.start()
+    try:
+        wait_until(lambda: len(client.calls) == 1)
+        sender_for(client, space).deliver(make_batch(["other"], number=1))
+        told.join(0.5)
+        assert told.is_alive() and len(client.calls) == 2, "Braze's Retry-After was cut short"
+    finally:
+        stop.set()
+        told.join(10)
+    assert outcome == ["abandoned"]
+
+
+@pytest.mark.parametrize("status, outcome", [
+    (429, Outcome.OVERLOAD), (408, Outcome.OVERLOAD),
+    (503, Outcome.UNREACHABLE), (None, Outcome.UNREACHABLE),
+    (200, Outcome.UNREACHABLE), (400, Outcome.UNREACHABLE),   # a proxy's page: Braze was not reached
+])
+def test_only_a_busy_braze_is_overload_anything_else_retryable_is_unreachable(status, outcome):
+    report = _Report()
+    report.failed(RetryableDeliveryError("failed", status), 0.1)
+    assert report.outcome is outcome
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:
