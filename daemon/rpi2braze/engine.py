@@ -104,7 +104,13 @@ class Engine:
         self._threads[name].start()
 
     def _enqueue(self, folder: ExportFolder, source: Source, source_settings: SourceSettings) -> None:
-        self._folders.put((folder, source, source_settings), is_small(folder))
+        small = is_small(folder)
+        ahead, delivering = len(self._folders), self._in_progress
+        if ahead or delivering >= self.settings.workers + small:   # no worker free for it: `status` says so
+            # before it is queued: a worker's begin() must come after, not be overwritten
+            self.pipeline.context.state.set_pending(folder.key, f"queued: waiting for a folder worker "
+                                                                f"({delivering} delivering, {ahead} queued ahead)")
+        self._folders.put((folder, source, source_settings), small)
 
     def _work(self, small_only: bool = False) -> None:
         while not self.stop.is_set():

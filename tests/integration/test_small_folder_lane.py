@@ -1,4 +1,4 @@
-"""A small folder dropped while every worker delivers a big one is delivered at once, not after them."""
+"""Folders and workers: a small folder is not held up by big ones, and a queued folder says it waits."""
 
 import threading
 import time
@@ -41,3 +41,26 @@ def test_a_small_folder_does_not_wait_for_the_big_one_every_worker_is_on(tmp_pat
             engine.close(timeout=5)
     assert big_then.status == WorkflowStatus.IN_PROGRESS and big_then.rows_delivered < 600
     assert {f"s-{number:06d}" for number in range(3)} <= set(sandbox.store.all())
+
+
+def test_a_folder_waiting_for_a_worker_says_so_until_one_takes_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(folderqueue, "SMALL_FOLDER_BYTES", 5_000)
+    drop = tmp_path / "drop"
+    first, second = WorkflowKey("drop", UPSERT, "Big", "201"), WorkflowKey("drop", UPSERT, "Big", "202")
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(drop), settle=0.2),
+                              braze_extra="  rate_limit: {requests: 1, per_seconds: 1}\n", extra="workers: 1\n")
+        engine = Engine(load_settings(config, {"TEST_BRAZE_API_KEY": API_KEY})).start()
+        state = engine.pipeline.context.state
+        try:
+            write_export(drop, "Big", "201", export_rows("b", 600))
+            wait_for(lambda: (record := state.get(first)) and record.status == WorkflowStatus.IN_PROGRESS,
+                     timeout=30, interval=0.05, what="the first folder under way")
+            write_export(drop, "Big", "202", export_rows("c", 600))
+            queued = wait_for(lambda: (record := state.get(second)) and record.reason and record,
+                              timeout=30, interval=0.05, what="the second folder queued")
+        finally:
+            engine.drain(time.monotonic() + 10, threading.Event())
+            engine.close(timeout=5)
+    assert queued.status == WorkflowStatus.PENDING
+    assert queued.reason == "queued: waiting for a folder worker (1 delivering, 0 queued ahead)"
