@@ -25,7 +25,7 @@ class Closed(Exception):
 
 def is_small(folder: ExportFolder) -> bool:
     """True if `folder` may take the small folders' lane."""
-    return sum(entry.size for entry in folder.data_files) < SMALL_FOLDER_BYTES
+    return folder.data_bytes < SMALL_FOLDER_BYTES
 
 
 class FolderQueue(Generic[Item]):

@@ -61,6 +61,11 @@ class ExportFolder:
     data_files: tuple[FileEntry, ...]
     location: str  # human-readable: local path or sftp://host/path, for logs and status
 
+    @property
+    def data_bytes(self) -> int:
+        """The size of its data files together, as listed."""
+        return sum(entry.size for entry in self.data_files)
+
 
 class RawRow(NamedTuple):
     """One record of an export file: `line` is the 1-based line where it starts.

@@ -42,7 +42,7 @@ class Pipeline:
         else:
             limiter = RateLimiter(braze.rate_limit.requests, braze.rate_limit.per_seconds)
         pool = SenderPool(braze, limiter, stop, hold_while_refused=hold_while_refused)
-        return cls(DeliveryContext(settings, state, pool, stop, settings.state.directory, locks), limiter)
+        return cls(DeliveryContext(settings, state, pool, stop, locks), limiter)
 
     def close(self, timeout: float = 10.0) -> None:
         self.context.pool.close(timeout)

@@ -52,15 +52,17 @@ class DeliveryContext:
     state: StateStore
     pool: SenderPool
     stop: threading.Event
-    state_dir: str
     locks: WorkflowLocks
+
+    @property
+    def state_dir(self) -> str:
+        return self.settings.state.directory
 
 
 def partitions_for(folder: ExportFolder, senders: int) -> int:
     """How many partitions (parallel request streams, at most `senders` and MAX_PARTITIONS) a
     folder of this size deserves."""
-    total = sum(entry.size for entry in folder.data_files)
-    return max(1, min(senders, MAX_PARTITIONS, total // BYTES_PER_PARTITION + 1))
+    return max(1, min(senders, MAX_PARTITIONS, folder.data_bytes // BYTES_PER_PARTITION + 1))
 
 
 class FolderDelivery:
@@ -135,7 +137,7 @@ class FolderDelivery:
         settings = self._context.settings
         job = Job(self.folder, self._source_settings, settings.mapping, settings.braze.max_objects_per_request,
                   settings.braze.max_request_bytes, self._partitions, acked, settings.log_level, current_format())
-        big = sum(entry.size for entry in self.folder.data_files) >= settings.parse_process_min_bytes
+        big = self.folder.data_bytes >= settings.parse_process_min_bytes
         if big and runs_in_child(self._source_settings):
             # Each reading process opens its own connection and reads the whole file: a remote
             # share gets one, so it sees no more sessions or traffic than before.
