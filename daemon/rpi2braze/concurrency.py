@@ -14,10 +14,11 @@ A workspace that refuses the key (401/403/404) gets no requests at all, except o
 PROBE_INTERVAL_SECONDS; the first probe Braze accepts reopens the gate for every sender. Answers
 to requests sent before the refusal neither reopen it nor count as Braze being back.
 
-A sender whose request failed during an outage (no usable answer for OUTAGE_SHOWN_SECONDS) and
-waits out its backoff is woken by the first request of the workspace answered after its failure
-(`wait_to_retry`): delivery resumes at Braze's first answer, not at each sender's own jittered
-backoff, which reaches a minute. A failure among answers keeps its whole backoff.
+While no request has been accepted for OUTAGE_SHOWN_SECONDS (Braze down, or answering only 429),
+`outage` says so, since when and the latest failure, for the folders waiting on it. A sender whose
+request failed then and waits out its backoff is woken by the first request of the workspace
+accepted after its failure (`wait_to_retry`): delivery resumes at Braze's first answer, not at each
+sender's own jittered backoff, which reaches a minute. A failure among answers keeps its whole backoff.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ RTT_SLACK_SECONDS = 0.01          # so scheduling noise on a fast network is not
 MIN_WINDOW_SECONDS = 0.05
 PROBE_INTERVAL_SECONDS = 5.0      # while Braze refuses the key, one request this often
 WAIT_POLL_SECONDS = 0.25          # how soon a waiting sender notices `stop`
-OUTAGE_SHOWN_SECONDS = 10.0       # no answer for this long: an outage, shown on the folders waiting for it
+OUTAGE_SHOWN_SECONDS = 10.0       # nothing accepted for this long: an outage, shown on the folders waiting for it
 HEALTH_COMPONENT = "braze"
 # What a refusal means for an operator: the daemon waits for the key, `process` gives up.
 WAITS_FOR_THE_KEY = ("every sender stopped; folders stay pending; delivery resumes by itself once Braze "
@@ -152,7 +153,8 @@ class ConcurrencyGate:
         self._in_flight = 0
         self._sending = 0
         self._refusal: str | None = None
-        self._outage: tuple[float, float, str] | None = None   # since (clock, wall), and why
+        self._outage: tuple[float, float] | None = None   # no request accepted since (clock, wall)
+        self._latest_failure = ""
         self._next_probe = 0.0
         self._probing = False
         self._shown_up = False   # HEALTH says Braze accepts us (an earlier gate may have said otherwise)
@@ -170,13 +172,14 @@ class ConcurrencyGate:
 
     @property
     def outage(self) -> str | None:
-        """Why Braze has given no usable answer for OUTAGE_SHOWN_SECONDS or more, and since when;
-        None while it answers (a few failures among answers are not an outage)."""
+        """Since when Braze has accepted no request, if that has lasted OUTAGE_SHOWN_SECONDS or more
+        (down, or answering 429 to all), and its latest failure; None while it accepts requests (a
+        few failures among them are not an outage)."""
         with self._condition:
             if not self._in_outage():
                 return None
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self._outage[1]))
-            return f"waiting for Braze, retrying: no usable answer since {since} (then: {self._outage[2]})"
+            return f"waiting for Braze, retrying: no request accepted since {since} (latest: {self._latest_failure})"
 
     @property
     def refusal(self) -> str | None:
@@ -234,11 +237,9 @@ class ConcurrencyGate:
             if outcome is Outcome.REFUSED:
                 self._refuse(reason or "Braze refused the request", now, slot.probe)
             else:
-                if outcome is Outcome.UNREACHABLE:
-                    self._unreachable(reason)
+                if outcome in (Outcome.UNREACHABLE, Outcome.OVERLOAD):
+                    self._failed(outcome, reason)
                     slot.answers_in_outage = self._answers if self._in_outage() else None
-                elif outcome is Outcome.OVERLOAD:   # Braze answered (429, 425, 408): busy, not gone
-                    self._outage = None
                 elif outcome is Outcome.ANSWERED and (self._refusal is None or slot.probe):
                     # while refused, only a probe speaks for the key: other answers left before the refusal
                     self._accepted()
@@ -273,13 +274,16 @@ class ConcurrencyGate:
         self._refusal = reason
         self._next_probe = now + self._probe_interval
 
-    def _unreachable(self, reason: str) -> None:
-        """No usable answer: /healthz turns unhealthy once this lasts past its threshold."""
-        HEALTH.mark(HEALTH_COMPONENT, False, reason)
-        metrics.BRAZE_UP.set(0)
-        self._shown_up = False
-        if self._outage is None:   # the first failure since the last answer: shown once, it stays true
-            self._outage = (self._clock(), time.time(), reason)
+    def _failed(self, outcome: Outcome, reason: str) -> None:
+        """Not accepted. Unreachable (no usable answer): /healthz turns unhealthy once this lasts
+        past its threshold; overload (429, 425, 408) is Braze there but busy, so health stands."""
+        if outcome is Outcome.UNREACHABLE:
+            HEALTH.mark(HEALTH_COMPONENT, False, reason)
+            metrics.BRAZE_UP.set(0)
+            self._shown_up = False
+        if self._outage is None:
+            self._outage = (self._clock(), time.time())
+        self._latest_failure = reason or str(outcome)
 
     def _accepted(self) -> None:
         self._outage = None

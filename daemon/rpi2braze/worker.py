@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterator
 
-from rpi2braze import __version__, archive, metrics
+from rpi2braze import __version__, archive, concurrency, metrics
 from rpi2braze.children import processes_for, produce_in_children
 from rpi2braze.config_schema import LOCAL_TYPES
 from rpi2braze.deadletter import DeadLetterWriter, workflow_deadletter_path
@@ -81,7 +82,8 @@ class FolderDelivery:
         self._deadletter: DeadLetterWriter | None = None
         self._partitions = 1
         self._shown_refused = False
-        self._shown_outage = False
+        self._shown_outage = ""       # the outage text in the state file, and when it was written
+        self._shown_outage_at = 0.0
         self._gone = False            # the folder was moved away once every row was read
         self.busy_elsewhere = False   # run() found another process delivering this workflow
 
@@ -216,17 +218,19 @@ class FolderDelivery:
     def _show_waiting(self) -> None:
         """Show in the state file why batches wait: while Braze refuses the key, the folder is
         pending with the refusal; during an outage it stays in progress with the outage as its
-        reason. Only shown: a state file too busy to show it is tried again at the next call, and
+        reason, rewritten when its latest failure changes, at most every OUTAGE_SHOWN_SECONDS.
+        Only shown: a state file too busy to show it is tried again at the next call, and
         must not end the wait for batches still in flight (they would be sent again)."""
         gate = self._context.pool.gate
         refusal, outage = gate.refusal, gate.outage
+        shown = outage if outage is not None and refusal is None else ""
+        # an outage's start and end are shown at once; its changes, once per interval
+        due = not (shown and self._shown_outage) or (
+            time.monotonic() - self._shown_outage_at >= concurrency.OUTAGE_SHOWN_SECONDS)
         try:
-            if outage is not None and refusal is None and not self._shown_outage:
-                self._context.state.note(self.key, outage)
-                self._shown_outage = True
-            elif outage is None and self._shown_outage:
-                self._context.state.note(self.key, "")
-                self._shown_outage = False
+            if shown != self._shown_outage and due:
+                self._context.state.note(self.key, shown)
+                self._shown_outage, self._shown_outage_at = shown, time.monotonic()
             if refusal is not None and not self._shown_refused:
                 self._context.state.set_pending(self.key, refusal)
                 self._shown_refused = True

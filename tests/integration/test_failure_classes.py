@@ -235,7 +235,8 @@ def test_a_folder_moved_away_once_every_row_was_read_is_delivered_not_pending_fo
     assert not (tmp_path / "archive").exists()
 
 
-def test_during_an_outage_the_folder_says_it_waits_for_braze_and_the_reason_goes_once_braze_is_back(tmp_path, monkeypatch):
+def test_during_an_outage_the_folder_says_it_waits_for_braze_and_why_and_the_reason_goes_once_braze_is_back(
+        tmp_path, monkeypatch):
     monkeypatch.setattr(concurrency, "OUTAGE_SHOWN_SECONDS", 0.5)
     folder = write_export(tmp_path / "drop", "Offer", "67", export_rows("o", 300))
     with SandboxServer(api_key=API_KEY, faults=Faults(error_rate=1.0, error_statuses=(502,))) as sandbox:
@@ -251,6 +252,9 @@ def test_during_an_outage_the_folder_says_it_waits_for_braze_and_the_reason_goes
             runner.start()
             waiting = wait_for(lambda: (record := state.get(key)) is not None and record.reason and record,
                                timeout=30, interval=0.05, what="the outage shown")
+            sandbox.faults = Faults(rate_limited_rate=1.0, retry_after_seconds=1)   # a 429 storm: still nothing accepted
+            storm = wait_for(lambda: "429" in (record := state.get(key)).reason and record,
+                             timeout=30, interval=0.05, what="the latest failure shown")
             sandbox.faults = Faults()
             runner.join(60)
             delivered = state.get(key)
@@ -259,7 +263,10 @@ def test_during_an_outage_the_folder_says_it_waits_for_braze_and_the_reason_goes
             runner.join(60)
             pipeline.close()
     assert waiting.status == WorkflowStatus.IN_PROGRESS
-    assert waiting.reason.startswith("waiting for Braze, retrying: no usable answer since ")
-    assert "Braze answered 502" in waiting.reason
+    assert waiting.reason.startswith("waiting for Braze, retrying: no request accepted since ")
+    assert "(latest: Braze answered 502" in waiting.reason
+    assert storm.status == WorkflowStatus.IN_PROGRESS
+    assert storm.reason.startswith(waiting.reason.split(" (latest:")[0]), "the same outage, since the same time"
+    assert "(latest: Braze answered 429" in storm.reason
     assert outcome == {"status": WorkflowStatus.DELIVERED}
     assert (delivered.reason, delivered.rows_delivered) == ("", 300)

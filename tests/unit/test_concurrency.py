@@ -250,19 +250,33 @@ def test_a_retry_after_an_outage_waits_only_for_an_answer_after_its_failure():
     assert not waiter.is_alive()
 
 
-def test_an_outage_is_named_once_braze_has_not_answered_for_a_while_and_ends_with_an_answer():
+def test_an_outage_is_named_once_braze_has_accepted_nothing_for_a_while_and_ends_with_an_acceptance():
     clock = FakeClock()
     gate = ConcurrencyGate(4, clock=clock, initial=2)
     gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="Braze answered 502: Bad Gateway")
     assert gate.outage is None, "one failure is not an outage"
     clock.now += OUTAGE_SHOWN_SECONDS
     gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="no answer from Braze: ConnectionRefusedError")
-    assert gate.outage.startswith("waiting for Braze, retrying: no usable answer since ")
-    assert gate.outage.endswith("(then: Braze answered 502: Bad Gateway)")   # the first failure: stays true
-    gate.release(gate.try_acquire(), OVERLOAD)   # a 429 is an answer: busy, not gone
+    assert gate.outage.startswith("waiting for Braze, retrying: no request accepted since ")
+    assert gate.outage.endswith("(latest: no answer from Braze: ConnectionRefusedError)")
+    gate.release(gate.try_acquire(), OVERLOAD, reason="Braze answered 429: rate limited")
+    assert gate.outage.endswith("(latest: Braze answered 429: rate limited)"), "busy is not accepted either"
+    gate.release(gate.try_acquire(), ANSWERED, 0.05)
     assert gate.outage is None
     gate.release(gate.try_acquire(), Outcome.UNREACHABLE, reason="Braze answered 503")
     clock.now += OUTAGE_SHOWN_SECONDS
     assert gate.outage is not None
     gate.release(gate.try_acquire(), ANSWERED, 0.05)
     assert gate.outage is None
+
+
+def test_braze_answering_only_429_for_a_while_is_shown_as_an_outage_but_not_as_braze_down():
+    clock = FakeClock()
+    gate = ConcurrencyGate(4, clock=clock, initial=2)
+    gate.release(gate.try_acquire(), ANSWERED, 0.05)
+    for _ in range(3):
+        gate.release(gate.try_acquire(), OVERLOAD, reason="Braze answered 429: rate limited")
+        clock.now += OUTAGE_SHOWN_SECONDS / 2
+    assert gate.outage.startswith("waiting for Braze, retrying: no request accepted since ")
+    assert gate.outage.endswith("(latest: Braze answered 429: rate limited)")
+    assert "braze" not in HEALTH.report(threshold=-1)[1]["down"] and braze_up() == 1
