@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from typing import Callable, Hashable
 
 import orjson
 import structlog
@@ -63,3 +66,28 @@ def current_format() -> str:
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     return structlog.get_logger(name)
+
+
+class Throttle:
+    """Lets one log line per key through every `seconds` and counts the ones held back, so a storm
+    of the same warning (a retry for every request while Braze rate-limits) is one line per
+    interval that says how many it stands for. Thread-safe."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self._seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: dict[Hashable, float] = {}
+        self._held: dict[Hashable, int] = {}
+
+    def admit(self, key: Hashable) -> int | None:
+        """None: hold this line back (it is counted). Otherwise log it, saying that it stands for
+        the returned number of lines of this key held back since the last one let through."""
+        with self._lock:
+            now = self._clock()
+            last = self._last.get(key)
+            if last is not None and now - last < self._seconds:
+                self._held[key] = self._held.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            return self._held.pop(key, 0)

@@ -24,7 +24,7 @@ from rpi2braze.batcher import join_body
 from rpi2braze.braze_client import BrazeClient, TrackResponse
 from rpi2braze.concurrency import ConcurrencyGate, Outcome, Slot
 from rpi2braze.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
-from rpi2braze.log import get_logger
+from rpi2braze.log import Throttle, get_logger
 from rpi2braze.model import Batch, DeliveryResult, RawRow, Rejection
 from rpi2braze.ratelimit import RateLimiter
 from rpi2braze.settings import BrazeSettings
@@ -35,7 +35,9 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 60.0
 QUEUE_DEPTH_PER_SENDER = 2
 SUBMIT_POLL_SECONDS = 0.2
+RETRY_LOG_SECONDS = 10.0
 _SENTINEL = None
+_RETRY_LOG = Throttle(RETRY_LOG_SECONDS)   # shared by every sender of the process
 
 
 class Abandoned(DeliveryError):
@@ -181,13 +183,24 @@ class BatchSender:
             delay = 0.0
         else:   # a Retry-After on a 5xx is respected, up to the backoff cap
             delay = backoff if error.retry_after is None else min(error.retry_after, self._workspace.backoff.cap)
-        log.warning("batch_retry", status=error.status, attempt=attempt, delay=round(delay, 2), error=str(error))
+        _log_retry(error, attempt, delay)
         if error.retry_after is None:   # a backoff: after an outage, over at Braze's first answer
             self._workspace.gate.wait_to_retry(delay, self._stop, self._last_slot)
         else:
             self._stop.wait(delay)
         if self._stop.is_set():
             raise Abandoned(f"stopping while retrying: {error}")
+
+
+def _log_retry(error: RetryableDeliveryError, attempt: int, delay: float) -> None:
+    """One `batch_retry` warning per kind of failure every RETRY_LOG_SECONDS (a 429 storm or an
+    outage fails every request), with how many retries it stands for; the others at debug level."""
+    fields = dict(status=error.status, attempt=attempt, delay=round(delay, 2), error=str(error))
+    held_back = _RETRY_LOG.admit(error.status)
+    if held_back is None:
+        log.debug("batch_retry", **fields)
+    else:
+        log.warning("batch_retry", **fields, similar_since_last=held_back)
 
 
 @dataclass

@@ -42,3 +42,26 @@ def test_undecodable_bytes_in_a_value_are_written_escaped_not_lost(tmp_path, fmt
         assert (event["folder"], event["files"], event["city"]) == ("Caf\\udce9", ["a\\udcff.txt"], "Zürich")
     else:
         assert "Caf\\udce9" in line and "a\\\\udcff.txt" in line and "Zürich" in line
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_throttle_lets_one_line_per_key_through_each_interval_and_counts_the_rest():
+    clock = FakeClock()
+    throttle = log.Throttle(10.0, clock)
+    assert throttle.admit(429) == 0
+    assert [throttle.admit(429) for _ in range(3)] == [None, None, None]
+    assert throttle.admit(502) == 0, "another kind of line has its own interval"
+    clock.now += 9.9
+    assert throttle.admit(429) is None
+    clock.now += 0.1
+    assert throttle.admit(429) == 4, "the four held back since the last one let through"
+    assert throttle.admit(429) is None
+    clock.now += 10.0
+    assert throttle.admit(502) == 0 and throttle.admit(429) == 1

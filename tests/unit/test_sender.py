@@ -10,12 +10,15 @@ import time
 
 import orjson
 import pytest
+import structlog
 
 from rpi2braze.braze_client import TrackResponse
 from rpi2braze import concurrency
+from rpi2braze import sender as sender_module
 from rpi2braze.concurrency import ConcurrencyGate, Outcome
 from rpi2braze.errors import PermanentDeliveryError, RetryableDeliveryError, SplittableDeliveryError
 from rpi2braze.health import HEALTH
+from rpi2braze.log import Throttle
 from rpi2braze.model import Batch, DeliveryResult, RawRow, WorkflowKey
 from rpi2braze.ratelimit import RateLimiter
 from rpi2braze.secret import Secret
@@ -132,6 +135,27 @@ def test_retryable_failures_are_retried_until_braze_answers(failure):
     assert result == DeliveryResult(KEY, 0, 2, (), requests=3)
     assert [ids for _, ids in client.calls] == [["a", "b"]] * 3
     assert space.limiter.acquire().sequence == 4, "every attempt takes a rate-limit grant"
+
+
+def test_a_storm_of_retries_logs_one_warning_per_kind_of_failure_each_interval_saying_how_many_it_stands_for(
+        monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(sender_module, "_RETRY_LOG", Throttle(sender_module.RETRY_LOG_SECONDS, lambda: clock[0]))
+
+    def answer(ids, number):
+        clock[0] = number   # one second per request
+        if number <= 25:
+            raise RetryableDeliveryError("Braze answered 503: Service Unavailable", 503)
+        if number <= 27:
+            raise RetryableDeliveryError("no answer from Braze: ReadTimeout")
+        return TrackResponse(201)
+
+    with structlog.testing.capture_logs() as logs:
+        result = sender_for(ScriptedClient(answer)).deliver(make_batch(["a"]))
+    warnings = [(line["status"], line["attempt"], line["similar_since_last"])
+                for line in logs if line["event"] == "batch_retry" and line["log_level"] == "warning"]
+    assert result.requests == 28
+    assert warnings == [(503, 1, 0), (503, 11, 9), (503, 21, 9), (None, 26, 0)]
 
 
 def test_a_429_pause_is_at_most_the_backoff_cap():
