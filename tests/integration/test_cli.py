@@ -231,19 +231,22 @@ def test_process_with_a_refused_key_exits_1_with_the_reason(tmp_path):
     assert "SIGHUP" not in result.stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_process_stopped_by_a_signal_during_an_outage_leaves_the_folder_pending_and_says_so(tmp_path, signum):
+@pytest.mark.parametrize("signum, bounded", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["ctrl-c", "sigterm", "timeout-as-the-readme-shows"])
+def test_process_stopped_by_a_signal_during_an_outage_leaves_the_folder_pending_and_says_so(tmp_path, signum, bounded):
     # Braze answers nothing but 503: without a stop, `process` retries for ever.
     folder = tmp_path / "exports" / UPSERT / "Offer" / "9"
     folder.mkdir(parents=True)
     (folder / "RPI_Export_9.txt").write_text("external_id\nu-1\nu-2\n")
+    bound = ["timeout", "--preserve-status", "3"] if bounded else []   # coreutils sends the SIGTERM
     with SandboxServer(api_key=API_KEY, faults=Faults(error_rate=1.0)) as sandbox:
         config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
-        process = subprocess.Popen([sys.executable, "-m", "rpi2braze", "-c", config, "process", str(folder)],
+        process = subprocess.Popen([*bound, sys.executable, "-m", "rpi2braze", "-c", config, "process", str(folder)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment())
         try:
             wait_for(lambda: sandbox.requests, timeout=30, interval=0.05, what="the first request")
-            process.send_signal(signum)
+            if not bounded:
+                process.send_signal(signum)
             stdout, stderr = process.communicate(timeout=30)
         finally:
             process.kill()
