@@ -27,9 +27,9 @@ from rpi2braze.state import FINAL_STATUSES, StateStore
 log = get_logger(__name__)
 
 FINISHED = FINAL_STATUSES
-RETRY_PENDING_SECONDS = 30.0   # a postponed folder (Braze refused, source hiccup) is retried after at most this
+RETRY_PENDING_SECONDS = 30.0   # a postponed folder (source hiccup, reading process killed) is first retried after at most this
 WAKE_DEBOUNCE_SECONDS = 0.5
-MAX_DOWN_BACKOFF_SECONDS = 300.0  # an unreachable source is tried again at doubling intervals up to this
+MAX_BACKOFF_SECONDS = 300.0  # an unreachable source, a folder postponed again: tried at doubling intervals up to this
 FULL_REFRESH_SECONDS = 300.0  # the finished set is re-read from the state file at least this often
 SCAN_RETRY_SECONDS = 5.0     # after a scan failed in a way it did not expect
 
@@ -63,6 +63,7 @@ class Scanner:
         self._lock = threading.Lock()
         self._busy: set[WorkflowKey] = set()           # queued or being delivered
         self._held: dict[WorkflowKey, float] = {}      # postponed until this time
+        self._postponed: dict[WorkflowKey, int] = {}   # times in a row a worker postponed it
         self._finished: set[WorkflowKey] = set()
         self._next_full_refresh = 0.0                  # when the finished set is re-read regardless
         self._warned: set[tuple[str, str, str]] = set()
@@ -128,16 +129,24 @@ class Scanner:
             self._busy.discard(key)
             if status in FINISHED:
                 self._finished.add(key)
-            elif status == WorkflowStatus.PENDING:
-                self._held[key] = self._clock() + self._retry_delay(key)
+            if status != WorkflowStatus.PENDING:
+                self._postponed.pop(key, None)
+                return self.wake()
+            times = self._postponed[key] = self._postponed.get(key, 0) + 1
+            delay = self._retry_delay(key, times)
+            self._held[key] = self._clock() + delay
+        log.info("workflow_retry_later", source=key.source, workflow_id=key.workflow_id, postponed_times=times,
+                 retry_in_seconds=round(delay, 1))
         self.wake()
 
-    def _retry_delay(self, key: WorkflowKey) -> float:
-        """A postponed folder (its source dropped mid-download, Braze refused) is tried again after
-        three scan intervals of its source, and at most RETRY_PENDING_SECONDS."""
+    def _retry_delay(self, key: WorkflowKey, times: int) -> float:
+        """A postponed folder (its source dropped mid-download, its reading process was killed) is
+        tried again after three scan intervals of its source, at most RETRY_PENDING_SECONDS; if it
+        is postponed again and again, at doubling intervals up to MAX_BACKOFF_SECONDS, so a folder
+        that kills its reading process (out of memory) is not read again every 30 s."""
         watched = self._watched.get(key.source)
         interval = watched.settings.scan_interval_seconds if watched else RETRY_PENDING_SECONDS
-        return min(RETRY_PENDING_SECONDS, 3 * interval)
+        return doubling(min(RETRY_PENDING_SECONDS, 3 * interval), times)
 
     def queue_now(self, source_name: str, channel: str, offer: str, workflow_id: str) -> ExportFolder | None:
         """RPI said this folder is complete: queue it without waiting to settle.
@@ -290,7 +299,7 @@ class Scanner:
         doubling intervals while the source is unreachable."""
         delay = watched.settings.scan_interval_seconds
         if watched.failures:
-            return min(MAX_DOWN_BACKOFF_SECONDS, delay * 2 ** min(watched.failures - 1, 16))
+            return doubling(delay, watched.failures)
         now = self._clock()
         for observation in list(watched.observations.values()):
             due = observation.since + watched.settings.settle_seconds - now
@@ -312,6 +321,11 @@ class Scanner:
 
     def sources_up(self) -> dict[str, bool]:
         return {name: watched.up for name, watched in self._watched.items()}
+
+
+def doubling(delay: float, times: int) -> float:
+    """`delay` the first time, twice that the second, and so on, up to MAX_BACKOFF_SECONDS."""
+    return min(MAX_BACKOFF_SECONDS, delay * 2 ** min(times - 1, 16))
 
 
 def _is_utf8(name: str) -> bool:

@@ -11,7 +11,7 @@ from rpi2braze import metrics
 from rpi2braze.errors import SourceError
 from rpi2braze.health import HEALTH
 from rpi2braze.model import ChannelMode, WorkflowKey, WorkflowStatus
-from rpi2braze.scanner import MAX_DOWN_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
+from rpi2braze.scanner import MAX_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
 from rpi2braze.settings import DEFAULT_CHANNELS, SourceSettings
 from rpi2braze.sources.local import LocalSource
 from rpi2braze.state import StateStore
@@ -143,6 +143,34 @@ def test_busy_and_postponed_folders_are_not_queued_twice(world):
     assert len(queued) == 2
 
 
+def test_a_folder_postponed_again_and_again_waits_twice_as_long_each_time_and_afresh_once_it_ended(world):
+    # e.g. its reading process is killed (out of memory) every time it is read
+    base, scanner, queued, clock, _, state = world
+    drop(base, "1")
+    (base / UPSERT / "Offer" / "1" / "done.ok").write_text("")
+    scanner.scan_due()
+
+    def postponed_then_queued_again() -> float:
+        scanner.release(queued[-1].key, WorkflowStatus.PENDING)
+        released, count = clock.now, len(queued)
+        while len(queued) == count:
+            clock.now += 1
+            scanner.scan_due()
+        return clock.now - released
+
+    waits = [postponed_then_queued_again() for _ in range(6)]
+    assert [round(wait, -1) for wait in waits[:4]] == [30, 60, 120, 240]
+    assert MAX_BACKOFF_SECONDS <= waits[4] <= MAX_BACKOFF_SECONDS + 10 and waits[5] == waits[4]
+    key = queued[-1].key
+    state.finish(key, WorkflowStatus.FAILED, "given up by hand")
+    scanner.release(key, WorkflowStatus.FAILED)
+    state.requeue(key)   # what `rpi2braze retry` does
+    clock.now += 100
+    scanner.scan_due()
+    assert len(queued) == 8
+    assert round(postponed_then_queued_again(), -1) == 30, "a new streak starts from the first delay"
+
+
 def test_queue_now_skips_the_settle_time_but_not_the_rules(world):
     base, scanner, queued, _, _, _ = world
     drop(base, "1")
@@ -167,7 +195,7 @@ def test_unreachable_source_backs_off_and_reports_unhealthy(world):
         clock.now = scanner.scan_due()
         delays.append(clock.now)
     gaps = [later - earlier for earlier, later in zip(delays, delays[1:])]
-    assert gaps[0] < gaps[2] < gaps[4] and max(gaps) == MAX_DOWN_BACKOFF_SECONDS
+    assert gaps[0] < gaps[2] < gaps[4] and max(gaps) == MAX_BACKOFF_SECONDS
     healthy, details = HEALTH.report(threshold=-1)
     assert not healthy and "source:drop" in details["failing"]
     os.rename(str(base) + ".gone", base)
