@@ -126,7 +126,7 @@ class _PrefixedRaw(io.RawIOBase):
             self.suspect = True
             return
         self.suspect = "\x00" in text or (self._may_decode_to_surrogates
-                                          and not (text.isascii() or _decoded_cleanly(text)))
+                                          and not (text.isascii() or decoded_cleanly(text)))
 
 
 def _read_head(stream: BinaryIO, label: str) -> bytes:
@@ -261,9 +261,9 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
         raise BadFileError(f"{file_name or 'export'}: unreadable from line {start}: {error}") from None
 
 
-def _decoded_cleanly(text: str) -> bool:
-    """True if `text` holds no surrogate, i.e. no byte the codec could not decode.
-    (Encoding is cheaper than a regex search; ASCII rows never get here.)"""
+def decoded_cleanly(text: str) -> bool:
+    """True if `text` (a record, a file name) holds no surrogate, i.e. no byte its codec could
+    not decode. (Encoding is cheaper than a regex search; ASCII rows never get here.)"""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -275,7 +275,7 @@ def _row_problem(values: list[str], header: tuple[str, ...], start: int, encodin
     """Describe the first NUL or undecodable byte of a record, with its physical line; None if
     the record has neither."""
     joined = "".join(values)
-    if "\x00" not in joined and (joined.isascii() or _decoded_cleanly(joined)):
+    if "\x00" not in joined and (joined.isascii() or decoded_cleanly(joined)):
         return None
     for index, value in enumerate(values):
         match = _SUSPECT.search(value)

@@ -20,6 +20,7 @@ from rpi2braze.files import data_files
 from rpi2braze.health import HEALTH
 from rpi2braze.log import get_logger
 from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey, WorkflowStatus
+from rpi2braze.reader import decoded_cleanly
 from rpi2braze.settings import SourceSettings
 from rpi2braze.sources.base import Source
 from rpi2braze.state import FINAL_STATUSES, StateStore
@@ -237,10 +238,10 @@ class Scanner:
         names = sorted(entry.name for entry in watched.source.list_dir(relpath)
                        if entry.is_dir and not entry.name.startswith("."))
         for name in names:
-            if not _is_utf8(name):   # the state file, logs and Braze take UTF-8 only
+            if not decoded_cleanly(name):   # the state file, logs and Braze take UTF-8 only
                 self._warn_once("folder_unusable", watched.settings.name, f"{relpath}/{name}".lstrip("/"),
                                 "its name is not UTF-8 (undecodable bytes are shown escaped); rename it")
-        return [name for name in names if _is_utf8(name)]
+        return [name for name in names if decoded_cleanly(name)]
 
     def _consider(self, watched: _Watched, key: WorkflowKey, force: bool = False) -> ExportFolder | None:
         with self._lock:
@@ -326,12 +327,3 @@ class Scanner:
 def doubling(delay: float, times: int) -> float:
     """`delay` the first time, twice that the second, and so on, up to MAX_BACKOFF_SECONDS."""
     return min(MAX_BACKOFF_SECONDS, delay * 2 ** min(times - 1, 16))
-
-
-def _is_utf8(name: str) -> bool:
-    """False for a name holding bytes the file system's encoding could not decode (surrogates)."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
