@@ -9,6 +9,12 @@ of the file drops all of them: so a process opens the file once, and every pipel
 shares that descriptor and one set of the workflows it holds, which keeps its threads apart. A
 reload whose drain timed out starts a new pipeline while an old worker may still be sending: the
 file stays open until that worker lets go, and the new pipeline finds its workflow taken.
+
+If the file is deleted or replaced while the process runs (someone cleaning a "stale" lock file),
+its locks would guard a file nobody else opens, and a `process` run by hand could deliver a
+workflow the daemon is delivering. So while the file is open, and before each lock, the process
+checks that the path still names its file (every FOLLOW_SECONDS); if not, it opens the new one
+and takes the workflows it holds again there.
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ import threading
 from typing import Iterator
 
 from rpi2braze.errors import StateError
+from rpi2braze.log import get_logger
 from rpi2braze.model import WorkflowKey
+
+log = get_logger(__name__)
 
 LOCK_FILE = "workflows.lock"
 _OFFSET_BYTES = 7   # offsets below 2**56: far inside off_t, and collisions need ~2**28 workflows
 _PROBE_OFFSET = 1 << 60   # beyond every workflow's byte: tried once at open
+FOLLOW_SECONDS = 1.0      # how often an open lock file is checked to be still the one at its path
 
 
 class _LockFile:
@@ -34,18 +44,46 @@ class _LockFile:
     workflow is held through it."""
 
     def __init__(self, path: str):
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as error:
-            raise StateError(f"cannot open {path}: {error.strerror}; {_HINT}") from None
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _PROBE_OFFSET)
-            fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, _PROBE_OFFSET)
-        except OSError as error:
-            os.close(self.fd)
-            raise StateError(f"cannot lock {path}: {error.strerror}; {_HINT}") from None
+        self.path = path
+        self.fd = _open(path)
         self.held: set[int] = set()    # record locks do not exclude the process's own threads
         self.users = 0
+        self.closed = threading.Event()
+        threading.Thread(target=self._follow_while_open, name="workflow-locks", daemon=True).start()
+
+    def close(self) -> None:
+        os.close(self.fd)
+        self.closed.set()
+
+    def _follow_while_open(self) -> None:
+        while not self.closed.wait(FOLLOW_SECONDS):
+            with _guard:
+                if not self.closed.is_set():
+                    self.follow()
+
+    def follow(self) -> None:
+        """If the path no longer names the open file, move to the file it names now, taking the
+        workflows held here again there. If that file cannot be opened, log why and stay."""
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        opened = os.fstat(self.fd)
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            return
+        try:
+            fd = _open(self.path)
+        except StateError as error:   # the state directory is gone or read-only: tried again later
+            log.error("workflow_lock_file_unusable", path=self.path, reason=str(error))
+            return
+        lost = [offset for offset in sorted(self.held) if not _try_lock(fd, offset)]
+        os.close(self.fd)
+        self.fd = fd
+        log.warning("workflow_lock_file_replaced", path=self.path, workflows_held=len(self.held),
+                    hint="it was deleted or replaced while rpi2braze ran; its locks were taken again in the new file")
+        if lost:
+            log.error("workflow_lock_lost", path=self.path, workflows=len(lost),
+                      reason="another process took them in the new file meanwhile: both may deliver them")
 
 
 _open_files: dict[str, _LockFile] = {}   # by real path
@@ -76,6 +114,8 @@ class WorkflowLocks:
         offset = _offset(key)
         with _guard:
             shared = self._file
+            if shared is not None:
+                shared.follow()
             taken = shared is not None and offset not in shared.held and _try_lock(shared.fd, offset)
             if taken:
                 shared.held.add(offset)
@@ -100,11 +140,26 @@ class WorkflowLocks:
 
     def _close_if_unused(self, shared: _LockFile) -> None:
         if shared.users == 0 and not shared.held:
-            os.close(shared.fd)
+            shared.close()
             del _open_files[self._real_path]
 
 
 _HINT = "the state directory must be writable by this user, on a local filesystem"
+
+
+def _open(path: str) -> int:
+    """Open (create) the lock file and check it takes POSIX record locks; raise StateError if not."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StateError(f"cannot open {path}: {error.strerror}; {_HINT}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, _PROBE_OFFSET)
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, _PROBE_OFFSET)
+    except OSError as error:
+        os.close(fd)
+        raise StateError(f"cannot lock {path}: {error.strerror}; {_HINT}") from None
+    return fd
 
 
 def _try_lock(fd: int, offset: int) -> bool:

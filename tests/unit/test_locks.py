@@ -5,9 +5,11 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
+from rpi2braze import locks as locks_module
 from rpi2braze.errors import StateError
 from rpi2braze.locks import LOCK_FILE, WorkflowLocks
 from rpi2braze.model import WorkflowKey
@@ -16,6 +18,7 @@ KEY = WorkflowKey("drop", "Braze Append", "Offer", "42")
 OTHER = WorkflowKey("drop", "Braze Append", "Offer", "43")
 HOLDER = """
 import sys
+import time
 from rpi2braze.locks import WorkflowLocks
 from rpi2braze.model import WorkflowKey
 locks = WorkflowLocks(sys.argv[1])
@@ -120,3 +123,38 @@ def test_a_workflow_held_while_its_pipeline_closes_stays_locked_for_the_next_pip
     new.close()
     assert lock_file_descriptors(tmp_path) == 0
     assert another_process_finds(tmp_path) == "held"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_lock_file_deleted_or_replaced_while_held_is_followed_and_the_workflow_stays_held(tmp_path, locks, how):
+    # an operator cleaning a "stale" lock file must not let a second process deliver the workflow
+    path = tmp_path / LOCK_FILE
+    with locks.hold(KEY) as held:
+        assert held is True
+        if how == "deleted":
+            path.unlink()
+        else:
+            (tmp_path / "fresh").write_text("")
+            os.replace(tmp_path / "fresh", path)
+        deadline = time.monotonic() + 10
+        while another_process_finds(tmp_path) != "busy" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert another_process_finds(tmp_path) == "busy"
+    assert another_process_finds(tmp_path) == "held", "and it is let go of in the new file"
+
+
+def test_a_workflow_locked_after_the_file_was_deleted_is_locked_in_the_file_other_processes_see(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks_module, "FOLLOW_SECONDS", 3600.0)   # only `hold` itself may notice
+    locks = WorkflowLocks(str(tmp_path))
+    try:
+        (tmp_path / LOCK_FILE).unlink()
+        with subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) as process:
+            try:
+                assert process.stdout.readline().strip() == "held"   # in the new file
+                with locks.hold(KEY) as held:
+                    assert held is False
+            finally:
+                process.kill()
+    finally:
+        locks.close()
