@@ -25,6 +25,7 @@ MAX_EMAIL_CHARS = 255
 MIN_DOB_YEAR = 1900
 MAX_TIME_YEAR = 3000            # Braze does not keep times after year 3000
 _QUOTE_LIMIT = 60               # quoted values in reasons are cut to this many characters
+_OPERATOR_WORDS = frozenset({"inc", "add", "remove"})   # a nested object of only these is an operation
 _CACHE_SIZE = 65536
 _MAX_CACHED_CHARS = 80          # longer values are never a country, gender or date: not cached
 
@@ -229,10 +230,14 @@ def header_key(name: str) -> str:
 def attribute_key(name: str) -> str:
     """Return `name` as a key of rpi_cdp_attributes: snake_case ASCII, never empty, without
     spaces, "." or "$" ("Marital Status" -> "marital_status", "HouseholdSize" -> "household_size",
-    "Income ($)" -> "income")."""
+    "Income ($)" -> "income"), and never one of Braze's operator words ("Inc" -> "inc_value")."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
     words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", ascii_name)
     key = re.sub(r"[^a-z0-9]+", "_", words.lower()).strip("_")
+    if key in _OPERATOR_WORDS:
+        # a row whose only CDP values sit under these keys would read {"inc": 5} or {"add": "x"}:
+        # Braze's increment or array operator, not a nested object (reference/braze-users-track.md §5)
+        return key + "_value"
     # A header with no ASCII letter or digit ("名前") still needs a stable, distinct key.
     return key or "column_" + name.encode().hex()[:32]
 

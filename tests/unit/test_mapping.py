@@ -141,6 +141,17 @@ def test_phone_uses_the_given_default_region():
         "+442071838750"
 
 
+@pytest.mark.parametrize("country, phone, expected", [
+    ("GB", "07400 123456", "+447400123456"),            # the row's country, not the default US
+    ("United Kingdom", "020 7183 8750", "+442071838750"),
+    ("CA", "(416) 555-0199", "+14165550199"),
+    ("", "(415) 555-2671", "+14155552671"),            # no country: the default region
+    ("GB", "+1 415 555 2671", "+14155552671"),           # a country code always wins
+])
+def test_a_national_phone_number_is_read_as_one_of_the_rows_country(country, phone, expected):
+    assert mapped(("external_id", "country", "phone"), ("u1", country, phone), region="US")["phone"] == expected
+
+
 def test_configured_types():
     mapping = MappingSettings(types={"income": "number", "vip": "boolean", "joined_at": "time"})
     result = mapped(("external_id", "Income", "VIP", "Joined At", "Notes"),

@@ -273,8 +273,10 @@ def test_header_key_ignores_case_spaces_underscores_hyphens(name, expected):
     ("Address Line 2", "address_line_2"), ("e-mail.address", "e_mail_address"),
     ("  spaced   out  ", "spaced_out"), ("__x__", "x"), ("Área", "area"),
     ("Net Worth $", "net_worth"), ("already_snake_case", "already_snake_case"),
+    ("Inc", "inc_value"), ("ADD", "add_value"), ("$remove", "remove_value"), ("Inc.", "inc_value"),
+    ("Income", "income"), ("Add On", "add_on"),
 ])
-def test_attribute_key_is_snake_case(name, expected):
+def test_attribute_key_is_snake_case_and_never_an_operator_word(name, expected):
     assert normalize.attribute_key(name) == expected
 
 
