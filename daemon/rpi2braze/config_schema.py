@@ -65,6 +65,9 @@ READING = Section({
     "delimiter": text('field delimiter: auto sniffs; "," "\\t" "|" ";"', ("auto", ",", "\t", "|", ";")),
     "encoding": text("auto (UTF-8, BOM-sniffed UTF-8/UTF-16) or a Python codec name"),
     "skip_lines": integer("lines before the header row (RPI custom header lines)", 0, 1000),
+    "quoting": text('standard: a field in "double quotes" may hold delimiters and line breaks; '
+                    'none: a quote is an ordinary character (exports without a text qualifier)',
+                    ("standard", "none")),
 }, "how export files are parsed")
 
 SOURCE = Section({

@@ -68,7 +68,8 @@ def read_table(stream: BinaryIO, reading: ReadingSettings, file_name: str = "") 
 
     The header is read now; the records are read as `rows` is consumed. Raise BadFileError if
     the file is empty, has no header, cannot be decoded at the header, or looks like UTF-16
-    without a byte order mark. Raise ConfigError if `reading.encoding` names no codec. Raise
+    without a byte order mark; from `rows`, if a record cannot be read, or a quote runs over
+    whole rows (a stray quote, `_runaway_quote`). Raise ConfigError if `reading.encoding` names no codec. Raise
     SourceUnavailable, here or from `rows`, if reading the stream fails with an OSError.
     """
     label = file_name or "the export file"
@@ -79,8 +80,10 @@ def read_table(stream: BinaryIO, reading: ReadingSettings, file_name: str = "") 
                             encoding=encoding, errors="surrogateescape", newline="")
     lines = _bounded_lines(text)
     lines_before, header_line = _find_header_line(lines, reading.skip_lines, encoding, label)
-    delimiter = _sniff_delimiter(header_line) if reading.delimiter == "auto" else reading.delimiter
-    reader = csv.reader(itertools.chain([header_line], lines), delimiter=delimiter)
+    quoted = reading.quoting != "none"
+    delimiter = _sniff_delimiter(header_line, quoted) if reading.delimiter == "auto" else reading.delimiter
+    reader = csv.reader(itertools.chain([header_line], lines), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
     header = _read_header(reader, encoding, label)
     rows = _records(reader, raw, header, lines_before, encoding, file_name)
     return Table(header=header, rows=rows, delimiter=delimiter, encoding=encoding)
@@ -213,9 +216,10 @@ def _find_header_line(lines: Iterator[str], skip_lines: int, encoding: str, labe
     raise BadFileError(f"{label} is empty")
 
 
-def _sniff_delimiter(header_line: str) -> str:
-    """Return the candidate delimiter found most often outside quotes; "," when there is none."""
-    unquoted = _QUOTED.sub("", header_line)
+def _sniff_delimiter(header_line: str, quoted: bool = True) -> str:
+    """Return the candidate delimiter found most often (outside quotes, if `quoted`); "," when
+    there is none."""
+    unquoted = _QUOTED.sub("", header_line) if quoted else header_line
     best = max(DELIMITERS, key=unquoted.count)
     return best if best in unquoted else ","
 
@@ -249,9 +253,12 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
     try:
         for values in reader:
             start = lines_before + consumed + 1
-            consumed = reader.line_num
+            previous, consumed = consumed, reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
+            if consumed - previous > 1 and (
+                    problem := _runaway_quote(values, reader.dialect.delimiter, len(header), start)):
+                raise BadFileError(f"{file_name or 'export'}: {problem}")
             if raw.suspect and (problem := _row_problem(values, header, start, encoding)):
                 yield RawRow(start, (), problem, file_name)
             else:
@@ -259,6 +266,21 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
     except _BROKEN_DATA as error:
         start = lines_before + consumed + 1
         raise BadFileError(f"{file_name or 'export'}: unreadable from line {start}: {error}") from None
+
+
+def _runaway_quote(values: list[str], delimiter: str, width: int, start: int) -> str | None:
+    """Given a record spanning several lines, describe the stray quote it looks like: a quoted
+    field holding a line with a whole row's delimiters (at least two), which the file's quoting
+    joined into one value. None if no field does (an address over two lines)."""
+    for value in values:
+        lines = value.splitlines()
+        for offset, line in enumerate(lines[1:], 1):
+            if line.count(delimiter) >= max(2, width - 1):
+                return (f"the quote opening a field at line {start} runs over {len(lines)} lines, "
+                        f"across what look like whole rows (line {start + offset}: "
+                        f"{line[:60]!r}); a stray quote? Fix the file, or set reading.quoting: none "
+                        f"if its fields are never quoted, then retry the workflow")
+    return None
 
 
 def decoded_cleanly(text: str) -> bool:

@@ -59,6 +59,7 @@ class ReadingSettings:
     delimiter: str = "auto"      # auto | "," | "\t" | "|" | ";"
     encoding: str = "auto"       # auto (UTF-8, BOM-sniffed UTF-8/UTF-16) | any Python codec name
     skip_lines: int = 0          # lines before the header (RPI custom header lines)
+    quoting: str = "standard"    # standard: "..." may hold delimiters and line breaks | none: " is a character
 
 
 @dataclass(frozen=True)

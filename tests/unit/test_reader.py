@@ -124,6 +124,39 @@ def test_quoted_fields_keep_delimiters_quotes_and_newlines_and_lines_stay_right(
     ]
 
 
+@pytest.mark.parametrize("data, line, row_line", [
+    # the quote is never closed: the rest of the file would be one cell
+    (b'id,name,city\nu1,Ann,Boston\nu2,"Bob,Reno\nu3,Cy,Austin\nu4,Di,Lima\n', 3, 4),
+    # closed by another stray quote further down: rows in between would be swallowed
+    (b'id,name,city\nu1,"Ann,Boston\nu2,Bob,Reno\nu3,Cy,"Austin\nu4,Di,Lima\n', 2, 3),
+    # in the last column the record keeps the header's width: only its value shows the rows in it
+    (b'id,name,city\nu1,Ann,"Boston\nu2,Bob,Reno\nu3,Cy,Austin\n', 2, 3),
+])
+def test_a_stray_quote_that_would_swallow_rows_ends_the_file_with_where_and_how_to_fix_it(data, line, row_line):
+    table = read_table(io.BytesIO(data), AUTO, "RPI_Export_1.txt")
+    with pytest.raises(BadFileError) as error:
+        list(table.rows)
+    assert f"at line {line}" in str(error.value) and f"(line {row_line}: " in str(error.value)
+    assert "stray quote" in str(error.value) and "reading.quoting: none" in str(error.value)
+
+
+@pytest.mark.parametrize("data", [
+    b'id,address,city\nu1,"12 Main St\nApt 4",Boston\n',           # a field over two lines
+    b'id,address,city\nu1,"12 Main St\nApt 4",Boston,extra\n',     # ragged for another reason
+    b'id,note\nu1,"a, b\nc, d"\n',                                  # one delimiter a line: prose
+    b'id,name,note\nu1,Ann,"called, left a message\nagain, no answer"\n',   # fewer than a row has
+])
+def test_quoted_line_breaks_that_do_not_swallow_rows_are_read(data):
+    _, rows = read(data)
+    assert len(rows) == 1 and any("\n" in value for value in rows[0].values)
+
+
+def test_without_quoting_a_quote_is_an_ordinary_character():
+    table, rows = read(b'id;"name";note\nu1;"Bob;5\'11"\nu2;x;y\n', ReadingSettings(quoting="none"))
+    assert table.delimiter == ";" and table.header == ("id", '"name"', "note")
+    assert values_and_lines(rows) == [(2, ("u1", '"Bob', "5'11\"")), (3, ("u2", "x", "y"))]
+
+
 @pytest.mark.parametrize(
     ("data", "skip_lines", "header", "lines"),
     [
