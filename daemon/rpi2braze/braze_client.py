@@ -160,10 +160,27 @@ def _connection(endpoint: urllib.parse.SplitResult, settings: BrazeSettings) -> 
 
 
 def _proxy_for(endpoint: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
+    """The proxy the environment names for `endpoint`, or None. Raise ValueError, without quoting
+    the address (it may hold a password), if it is unusable: not a URL, or not an http:// proxy,
+    which would get the proxy's password in clear text."""
     if urllib.request.proxy_bypass(endpoint.hostname or ""):
         return None
     url = urllib.request.getproxies().get(endpoint.scheme)
-    return urllib.parse.urlsplit(url if "://" in url else f"http://{url}") if url else None
+    if not url:
+        return None
+    variable = f"{endpoint.scheme.upper()}_PROXY"
+    proxy = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        proxy.port
+    except ValueError:
+        proxy = None
+    if proxy is None or not proxy.hostname:
+        raise ValueError(f"{variable} is not a usable proxy URL (not shown: it may hold a password); "
+                         f"percent-encode any '/', '#', '?' or '@' in its user name or password")
+    if proxy.scheme != "http":
+        raise ValueError(f"{variable} names a {proxy.scheme}:// proxy; only http:// proxies are supported "
+                         f"(the tunnel through it to Braze is TLS either way)")
+    return proxy
 
 
 class BrazeClient:

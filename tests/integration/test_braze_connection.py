@@ -223,3 +223,21 @@ def test_no_proxy_sends_requests_directly(server, proxy, monkeypatch):
     finally:
         client.close()
     assert proxy.requests == []
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("https_proxy", "http://proxyuser:Pr0xyPa55/word@127.0.0.1:3128", "not a usable proxy URL"),   # '/' not encoded
+    ("https_proxy", "http://proxyuser:Pr0xyPa55#word@127.0.0.1:3128", "not a usable proxy URL"),
+    ("https_proxy", "https://proxyuser:Pr0xyPa55word@127.0.0.1:3128", "only http:// proxies"),   # password in clear
+    ("https_proxy", "socks5://proxyuser:Pr0xyPa55word@127.0.0.1:1080", "only http:// proxies"),
+])
+def test_an_unusable_proxy_is_refused_without_showing_its_address(monkeypatch, variable, value, words):
+    monkeypatch.setenv(variable, value)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    settings = BrazeSettings(rest_endpoint="https://rest.iad-01.braze.com", api_key=Secret("k"))
+    with pytest.raises(ValueError) as error:
+        BrazeClient(settings)
+    assert words in str(error.value) and "HTTPS_PROXY" in str(error.value)
+    assert "Pr0xyPa55" not in str(error.value) and "proxyuser" not in str(error.value)
+    assert error.value.__context__ is None, "a traceback would show the parser's error, which quotes the password"
