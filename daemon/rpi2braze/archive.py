@@ -12,6 +12,7 @@ import os
 import re
 import time
 
+from rpi2braze import private
 from rpi2braze.errors import SourceError
 from rpi2braze.log import get_logger
 from rpi2braze.model import WorkflowKey
@@ -32,7 +33,7 @@ def quarantine(source: Source, settings: SourceSettings, key: WorkflowKey, reaso
     """Write the reason file, move the folder to `quarantine_path` if configured; return the reason file."""
     moved = _move(source, settings.quarantine_path, key, "quarantined")
     path = reason_path(state_dir, key)
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    private.make_directories(os.path.dirname(path))
     text = (f"workflow: {key.source}/{key.relpath}\nwhen: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
             f"reason: {reason}\nfolder now at: {moved or source.describe(key.relpath)}\n"
             f"to try again after fixing it: rpi2braze retry {key.workflow_id}\n")

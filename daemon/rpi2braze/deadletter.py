@@ -23,6 +23,7 @@ import re
 import threading
 from typing import Iterable, Sequence, TextIO
 
+from rpi2braze import private
 from rpi2braze.errors import StateError
 from rpi2braze.log import get_logger
 from rpi2braze.model import Rejection, WorkflowKey
@@ -132,7 +133,7 @@ class DeadLetterWriter:
 
     def _open_once(self):
         if self._writer is None:
-            _make_private_directories(os.path.dirname(self.path))
+            private.make_directories(os.path.dirname(self.path))
             descriptor = self._open_descriptor()
             is_new = os.fstat(descriptor).st_size == 0
             # backslashreplace: a value that cannot be encoded is still written, visibly, never dropped.
@@ -233,23 +234,6 @@ def _columns(headers: Sequence[tuple[str, tuple[str, ...]]]) -> tuple[tuple[str,
         places[file_name] = tuple(columns)
     whole = tuple(range(len(union)))
     return tuple(union), {name: None if columns == whole else columns for name, columns in places.items()}
-
-
-def _make_private_directories(directory: str) -> None:
-    """Create `directory` and its missing parents with mode 0700 (os.makedirs gives parents the
-    default mode)."""
-    missing = []
-    while directory and not os.path.isdir(directory):
-        missing.append(directory)
-        parent = os.path.dirname(directory)
-        if parent == directory:
-            break
-        directory = parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            pass  # created meanwhile by another writer
 
 
 def _fsync_directory(directory: str) -> None:

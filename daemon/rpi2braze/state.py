@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from rpi2braze import private
 from rpi2braze.errors import StateError
 from rpi2braze.groupcommit import CommitFailed, GroupCommit
 from rpi2braze.log import get_logger
@@ -305,7 +306,7 @@ def _transaction(connection: sqlite3.Connection, write: bool) -> Iterator[sqlite
 def _open(path: str) -> sqlite3.Connection:
     """Return a connection to the file at `path`, created 0600 if new, checked, configured and migrated."""
     try:
-        _make_private_directories(os.path.dirname(os.path.abspath(path)))
+        private.make_directories(os.path.dirname(os.path.abspath(path)))
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))  # the mode applies only if this creates it
         connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     except (OSError, sqlite3.Error) as error:
@@ -330,13 +331,6 @@ def _migrate(connection: sqlite3.Connection, version: int, path: str) -> None:
                 connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {step + 1}")
         log.info("state_migrated", path=path, schema_version=step + 1)
-
-
-def _make_private_directories(directory: str) -> None:
-    """Create `directory` and its missing parents, each 0700 (os.makedirs leaves parents to the umask)."""
-    if not os.path.isdir(directory):
-        _make_private_directories(os.path.dirname(directory))
-        os.makedirs(directory, 0o700, exist_ok=True)
 
 
 def _check_usable(connection: sqlite3.Connection, path: str) -> int:

@@ -7,6 +7,7 @@ state file, the dead-letter CSV and the sandbox's profiles are read back.
 import csv
 import dataclasses
 import os
+import stat
 import shutil
 import subprocess
 import sys
@@ -176,3 +177,33 @@ def test_a_truncated_export_is_quarantined_not_called_delivered(tmp_path, sandbo
         [record] = state.records()
     assert record.status == "quarantined"
     assert "RPI_Export_42.txt.gz: unreadable from line" in record.reason
+
+
+@pytest.fixture
+def open_umask():
+    """Umask 0, as a `process` run by hand may have: a mode seen on disk is the one the code chose."""
+    previous = os.umask(0)
+    yield
+    os.umask(previous)
+
+
+def test_archive_and_quarantine_folders_are_closed_to_others_whatever_the_umask(tmp_path, sandbox, open_umask):
+    sandbox.reset()
+    exports = tmp_path / "exports"
+    for workflow_id, content in (("1", HEADER + GOOD), ("2", b"")):   # one delivered, one quarantined
+        folder = exports / UPSERT / "Offer" / workflow_id
+        folder.mkdir(parents=True)
+        (folder / f"RPI_Export_{workflow_id}.txt").write_bytes(content)
+    kept = f"    archive_path: {tmp_path}/kept/archive\n    quarantine_path: {tmp_path}/kept/quarantine\n"
+    config = write_config(str(tmp_path), sandbox.url, local_source(str(exports), extra=kept))
+    os.environ["TEST_BRAZE_API_KEY"] = API_KEY
+    settings = load_settings(config)
+    assert process_folders(settings, [str(exports / UPSERT / "Offer" / "1"), str(exports / UPSERT / "Offer" / "2")]) == 1
+    mode = lambda path: stat.S_IMODE(os.stat(path).st_mode)
+    for kind, workflow_id in (("archive", "1"), ("quarantine", "2")):
+        levels = [tmp_path / "kept", tmp_path / "kept" / kind, tmp_path / "kept" / kind / UPSERT,
+                  tmp_path / "kept" / kind / UPSERT / "Offer"]
+        assert [mode(level) for level in levels] == [0o750] * 4, kind
+        assert (tmp_path / "kept" / kind / UPSERT / "Offer" / workflow_id).is_dir()
+    reasons = tmp_path / "state" / "quarantine"
+    assert [mode(path) for path in (reasons, *reasons.iterdir())] == [0o700, 0o700]

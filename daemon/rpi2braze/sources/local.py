@@ -13,6 +13,7 @@ from typing import BinaryIO, Callable
 from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 
+from rpi2braze import private
 from rpi2braze.errors import BadFileError, SourceError, SourceUnavailable
 from rpi2braze.model import FileEntry
 from rpi2braze.settings import SourceSettings
@@ -67,7 +68,7 @@ class LocalSource:
         source_path = safe_join(self.base, relpath)
         target = free_name(os.path.join(destination, normalise_relpath(relpath)), os.path.lexists)
         try:
-            os.makedirs(os.path.dirname(target), mode=0o750, exist_ok=True)
+            private.make_directories(os.path.dirname(target), 0o750)   # a group may read the archive
             shutil.move(source_path, target)
         except OSError as error:
             raise SourceUnavailable(f"source {self.name}: cannot move {source_path} to {target}: {error.strerror}") from None

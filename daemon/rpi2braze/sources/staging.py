@@ -18,6 +18,7 @@ import tempfile
 import time
 from typing import BinaryIO, Callable, Protocol
 
+from rpi2braze import private
 from rpi2braze.errors import SourceError, SourceUnavailable
 from rpi2braze.log import get_logger
 from rpi2braze.model import FileEntry
@@ -80,7 +81,7 @@ class StagedSource:
 
     def _staged_file(self) -> BinaryIO:
         try:
-            os.makedirs(self._folder, mode=0o700, exist_ok=True)
+            private.make_directories(self._folder)
             return tempfile.TemporaryFile(dir=self._folder, prefix=".rpi2braze-staged-")  # mode 0600
         except OSError as error:
             raise SourceUnavailable(f"source {self.name}: cannot create a file in staging_path "
