@@ -41,6 +41,8 @@ SURROGATE_FREE_CODECS = frozenset({"utf-8", "utf-8-sig", "utf-16", "utf-16-le", 
                                    "utf-32", "utf-32-le", "utf-32-be", "ascii", "iso8859-1",
                                    "cp1252"})
 _QUOTED = re.compile('"[^"]*(?:"|$)')
+# Rows of accented names rejected as invalid UTF-8 are most often a whole file in a Windows code page.
+_OTHER_ENCODING_HINT = " (if the file is in another encoding, set reading.encoding, e.g. cp1252)"
 # Errors that mean the bytes themselves are broken from some point on (not the source failing).
 _BROKEN_DATA = (csv.Error, UnicodeDecodeError, EOFError, zlib.error, gzip.BadGzipFile)
 
@@ -305,7 +307,8 @@ def _row_problem(values: list[str], header: tuple[str, ...], start: int, encodin
             continue
         if match.group() != "\x00":
             before = "".join(values[:index]) + value[: match.start()]
-            return f"invalid {_codec_name(encoding)} bytes in line {start + _line_breaks(before)}"
+            return (f"invalid {_codec_name(encoding)} bytes in line {start + _line_breaks(before)}"
+                    + (_OTHER_ENCODING_HINT if encoding.startswith("utf-8") else ""))
         column = f" ({header[index]})" if index < len(header) and header[index] else ""
         return f"NUL byte in field {index + 1}{column} of the record at line {start}"
     return f"unreadable record at line {start}"

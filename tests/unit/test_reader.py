@@ -12,6 +12,7 @@ from rpi2braze.reader import SURROGATE_FREE_CODECS, open_data_stream, read_table
 from rpi2braze.settings import ReadingSettings
 
 AUTO = ReadingSettings()
+HINT = " (if the file is in another encoding, set reading.encoding, e.g. cp1252)"
 
 
 def read(data: bytes, reading: ReadingSettings = AUTO, name: str = "RPI_Export_1.txt"):
@@ -266,8 +267,8 @@ def test_header_only_has_no_rows():
 @pytest.mark.parametrize(
     ("bad_line", "error"),
     [
-        (b"u2,caf\xe9\n", "invalid UTF-8 bytes in line 3"),
-        (b'u2,"ok\n\xff"\n', "invalid UTF-8 bytes in line 4"),
+        (b"u2,caf\xe9\n", "invalid UTF-8 bytes in line 3" + HINT),
+        (b'u2,"ok\n\xff"\n', "invalid UTF-8 bytes in line 4" + HINT),
         (b"u2,a\x00b\n", "NUL byte in field 2 (email) of the record at line 3"),
         (b"u2,x,a\x00b\n", "NUL byte in field 3 of the record at line 3"),
     ],
@@ -307,8 +308,8 @@ def test_bad_bytes_are_found_wherever_they_are_and_split_characters_are_not_bad(
     rows = list(table.rows)
     assert [(row.line, row.error) for row in rows if row.error] == [
         (3002, "NUL byte in field 2 (name) of the record at line 3002"),
-        (6003, "invalid UTF-8 bytes in line 6003"),
-        (9004, "invalid UTF-8 bytes in line 9004"),
+        (6003, "invalid UTF-8 bytes in line 6003" + HINT),
+        (9004, "invalid UTF-8 bytes in line 9004" + HINT),
     ]
     assert len(rows) == 9003 and rows[-2].values == ("u2999", "Zoë Łukasz 😀 2999")
 
