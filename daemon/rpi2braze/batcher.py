@@ -23,6 +23,7 @@ from typing import Iterable, Iterator, Sequence
 
 import orjson
 
+from rpi2braze.mapping import ATTRIBUTES, MAX_ATTRIBUTES_BYTES
 from rpi2braze.model import Batch, RawRow, Rejection, WorkflowKey
 
 # encode_body writes b'{"attributes":[' + objects joined by b',' + b']}'; the batcher counts
@@ -72,6 +73,11 @@ def _merge_nested(earlier: dict, later: dict) -> dict:
             accumulated[operation] = list(dict.fromkeys([*accumulated.get(operation, ()), *values]))
         return accumulated
     return merge_objects(earlier, later)
+
+
+def _nested_too_big(merged: dict) -> bool:
+    """True if the merged rpi_cdp_attributes passes Braze's 100 KB: its two rows go in two requests."""
+    return len(orjson.dumps(merged.get(ATTRIBUTES))) > MAX_ATTRIBUTES_BYTES
 
 
 def _is_array_operation(value: dict) -> bool:
@@ -209,11 +215,13 @@ class _Batcher:
         return emitted
 
     def _merged(self, batch: _OpenBatch, position: int, attributes: dict, row: RawRow) -> bool:
-        """Merge a user's later object into its earlier one, if the body stays within max_bytes."""
+        """Merge a user's later object into its earlier one, if the body stays within max_bytes
+        and the merged nested object within Braze's 100 KB (each row's was checked alone)."""
         earlier = batch.encoded[position]
-        encoded = orjson.dumps(merge_objects(orjson.loads(earlier), attributes))
+        merged = merge_objects(orjson.loads(earlier), attributes)
+        encoded = orjson.dumps(merged)
         size_bytes = batch.size_bytes - len(earlier) + len(encoded)
-        if size_bytes > self.max_bytes:
+        if size_bytes > self.max_bytes or (len(encoded) > MAX_ATTRIBUTES_BYTES and _nested_too_big(merged)):
             return False
         batch.replace(position, encoded, row, size_bytes)
         return True

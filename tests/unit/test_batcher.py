@@ -127,6 +127,15 @@ def test_merge_that_would_overflow_starts_new_batch_with_own_object():
     assert [[row.line for rows in batch.rows for row in rows] for batch in batches] == [[2], [3]]
 
 
+def test_a_merge_whose_nested_object_would_pass_100_kb_starts_a_new_batch_with_own_object():
+    # each row's rpi_cdp_attributes is under Braze's 100 KB (mapping checks that); merged they are not
+    first = user("u1", _merge_objects=True, rpi_cdp_attributes={f"a{index}": "x" * 200 for index in range(300)})
+    second = user("u1", _merge_objects=True, rpi_cdp_attributes={f"b{index}": "y" * 200 for index in range(300)})
+    small = user("u1", _merge_objects=True, rpi_cdp_attributes={"c": "z"})
+    batches = batches_of(rows_for([first, second, small]))
+    assert [batch.objects for batch in batches] == [(first,), (merge_objects(second, small),)]
+
+
 def test_a_user_merged_twice_keeps_all_rows_in_order():
     items = rows_for([user("u1", email="a@x.com"), user("u2"), user("u1", email="b@x.com"),
                       user("u3"), user("u1", email="c@x.com")])
