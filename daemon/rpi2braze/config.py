@@ -19,7 +19,7 @@ from typing import Mapping
 import phonenumbers
 
 from rpi2braze import normalize, settings
-from rpi2braze.config_check import Checked, Checker, describe, key_path, parse_yaml
+from rpi2braze.config_check import Checked, Checker, describe, key_path
 from rpi2braze.config_schema import CONFIG, DEFAULT_PORTS, LOCAL_TYPES, REMOTE_REQUIRED, SOURCE_KEYS_BY_TYPE
 from rpi2braze.config_schema import json_schema  # noqa: F401  (part of this module's API)
 from rpi2braze.errors import ConfigError
@@ -27,6 +27,7 @@ from rpi2braze.model import ChannelMode
 from rpi2braze.secret import Secret
 from rpi2braze.settings import (BrazeSettings, HttpSettings, MappingSettings, RateLimit, ReadingSettings,
                                 Settings, SourceSettings, StateSettings)
+from rpi2braze.yaml_load import parse_yaml
 
 CONFIG_ENVIRONMENT_VARIABLE = "RPI2BRAZE_CONFIG"
 _SECTIONS = list(CONFIG.keys)
@@ -315,7 +316,11 @@ def _secret(values: Checked, key: str, path: str, checker: Checker, base_dir: st
         checker.add(key_path(path, file_key), f"give {key} or {file_key}, not both")
         return None
     if file_key in values:
-        return _read_secret(_local_path(values[file_key], base_dir), key_path(path, file_key), checker)
+        filename = _local_path(values[file_key], base_dir)
+        written = values.written.get(file_key)
+        # a path made from ${VAR} may be the secret itself, put in the *_file key by mistake
+        shown = f"{written} (the path it makes is not shown)" if written else filename
+        return _read_secret(filename, shown, key_path(path, file_key), checker)
     if key in values:
         return Secret(values[key])
     if required and not values.given & {key, file_key}:
@@ -337,19 +342,20 @@ def _header_value(secret: Secret | None, path: str, checker: Checker) -> Secret 
     return Secret(value)
 
 
-def _read_secret(filename: str, path: str, checker: Checker) -> Secret | None:
+def _read_secret(filename: str, shown: str, path: str, checker: Checker) -> Secret | None:
+    """Return the secret in `filename`, or None after recording a problem that names the file as `shown`."""
     try:
         with open(filename, encoding="utf-8", newline="") as stream:
             value = stream.read()
     except OSError as error:
-        checker.add(path, f"cannot read {filename}: {error.strerror}")
+        checker.add(path, f"cannot read {shown}: {error.strerror}")
         return None
     except UnicodeDecodeError:
-        checker.add(path, f"{filename} is not UTF-8 text")
+        checker.add(path, f"{shown} is not UTF-8 text")
         return None
     value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")  # as `echo` leaves it
     if not value:
-        checker.add(path, f"{filename} is empty")
+        checker.add(path, f"{shown} is empty")
         return None
     return Secret(value)
 

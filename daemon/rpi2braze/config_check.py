@@ -1,6 +1,6 @@
-"""How a config document is read and checked: strict YAML (line and column for a syntax error,
-duplicated keys refused), and the building blocks of the key table (`config_schema.py`): a
-`Scalar`, `ListOf`, `MapOf` or `Section` checks one value (type, range, choices, `${VAR}`).
+"""How a config document is checked: the building blocks of the key table (`config_schema.py`): a
+`Scalar`, `ListOf`, `MapOf` or `Section` checks one value (type, range, choices, `${VAR}`). The
+YAML itself is read by `yaml_load.py`.
 
 Checking never stops at the first problem: each is added to a `Checker` as "key.path: what is
 wrong", and the value is left out of the result. Rules that join several keys (api_key or
@@ -12,57 +12,18 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 import yaml
-
-from rpi2braze.errors import ConfigError
 
 INVALID = object()  # a value that failed its check; its problem is already recorded
 
 _VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable, or a key written bare
+# how environment variables are named: in a secret's value, what else stands in ${...} may be the secret
+_SHOWN_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 _KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
-
-
-def parse_yaml(text: str, name: str) -> object:
-    """Given YAML text, return the document. Raise ConfigError naming line and column for a syntax
-    error, and listing every duplicated key (YAML would silently keep the last)."""
-    loader = _StrictLoader(text)
-    try:
-        document = loader.get_single_data()
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
-        detail = f"{error.context}: {error.problem}" if error.context else error.problem
-        raise ConfigError([f"{where}: invalid YAML: {detail}"]) from None
-    except yaml.YAMLError as error:
-        raise ConfigError([f"{name}: YAML error: {type(error).__name__}"]) from None
-    finally:
-        loader.dispose()
-    if loader.duplicates:
-        raise ConfigError([f"{name}:{where}" for where in loader.duplicates])
-    return document
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that records duplicated mapping keys instead of keeping the last one."""
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.duplicates: list[str] = []
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                if key_node.value in seen:
-                    mark = key_node.start_mark
-                    self.duplicates.append(f"{mark.line + 1}:{mark.column + 1}: key {key_node.value!r} "
-                                           "appears twice in one mapping")
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep)
 
 
 @dataclass
@@ -78,11 +39,13 @@ class Checker:
 
 class Checked(dict):
     """The valid values of one mapping. `given` also names keys that were present but invalid,
-    so a rule like "api_key or api_key_file is required" does not fire twice."""
+    so a rule like "api_key or api_key_file is required" does not fire twice. `written` holds,
+    for each key whose text referred to ${VAR}, that text `as_written`."""
 
-    def __init__(self, values: dict, given: frozenset[str]):
+    def __init__(self, values: dict, given: frozenset[str], written: Mapping[str, str] | None = None):
         super().__init__(values)
         self.given = given
+        self.written = dict(written or {})
 
 
 def key_path(parent: str, key: object) -> str:
@@ -108,18 +71,34 @@ def describe(value: object) -> str:
     return "a string" if isinstance(value, str) else type(value).__name__
 
 
-def substitute(text: str, path: str, checker: Checker) -> str | object:
+def as_written(text: str) -> str:
+    """Given a value that refers to ${VAR}, return it as a problem may show it instead of its
+    substituted value: as written, with ${...} for a name not spelled like an environment variable
+    (it may be part of a secret). Return "" if it refers to no variable."""
+    def shown(match: re.Match) -> str:
+        name = match.group(1)
+        return "${...}" if name is not None and not _SHOWN_NAME.fullmatch(name) else match.group(0)
+
+    refers = any(match.group(1) is not None for match in _VARIABLE.finditer(text))
+    return _VARIABLE.sub(shown, text) if refers else ""
+
+
+def substitute(text: str, path: str, checker: Checker, secret: bool = False) -> str | object:
     """Given a string value, replace each ${VAR} from the environment and $${ by a literal ${.
-    Return INVALID, with a problem recorded, if a variable is unset or malformed."""
+    Return INVALID, with a problem recorded, if a variable is unset or malformed. In a `secret`
+    value, an unset name not spelled like an environment variable is not shown."""
     failed = False
 
-    def replace(match: re.Match) -> str:
+    def value_of(match: re.Match) -> str:
         nonlocal failed
         if match.group(0) == "$${":
             return "${"
         name = match.group(1)
         if name is None or not _NAME.fullmatch(name):
             checker.add(path, "malformed ${...}: write ${NAME}, or $${ for a literal ${")
+        elif name not in checker.environ and secret and not _SHOWN_NAME.fullmatch(name):
+            checker.add(path, "refers to an unset environment variable whose name is not shown (not written "
+                              "in A-Z, 0-9 and _, it may be part of the secret); write $${ for a literal ${")
         elif name not in checker.environ:
             checker.add(path, f"environment variable {name} is not set")
         else:
@@ -127,7 +106,7 @@ def substitute(text: str, path: str, checker: Checker) -> str | object:
         failed = True
         return ""
 
-    result = _VARIABLE.sub(replace, text)
+    result = _VARIABLE.sub(value_of, text)
     return INVALID if failed else result
 
 
@@ -147,7 +126,7 @@ class Scalar:
     def check(self, value: object, path: str, checker: Checker) -> object:
         """Return the value (a float for "float"), or INVALID after recording a problem."""
         if isinstance(value, str) and "$" in value:
-            value = substitute(value, path, checker)
+            value = substitute(value, path, checker, self.secret)
             if value is INVALID:
                 return INVALID
             if self.kind != "str":  # `port: ${SFTP_PORT}` arrives as text; read it as YAML would
@@ -243,9 +222,9 @@ class Section:
             return INVALID
         for key in value:
             if key not in self.keys:
-                checker.add(key_path(path, key), "unknown key" + _suggestion(key, self.keys))
+                self._report_unknown(key, path, checker)
         result = {}
-        for key, spec in self.keys.items():
+        for key, spec in self._with_secret_files().items():
             if value.get(key) is not None:
                 checked = spec.check(value[key], key_path(path, key), checker)
                 if checked is not INVALID:
@@ -253,7 +232,25 @@ class Section:
             elif key in self.required:
                 checker.add(key_path(path, key), "is required")
         given = frozenset(key for key in self.keys if value.get(key) is not None)
-        return Checked(result, given)
+        written = {key: as_written(value[key]) for key in given if isinstance(value[key], str)}
+        return Checked(result, given, {key: text for key, text in written.items() if text})
+
+    def _report_unknown(self, key: object, path: str, checker: Checker) -> None:
+        """Name an unknown key, unless a secret key's value ran into it (`{api_key:S3cret}`, no
+        space after the colon): then name only the secret key."""
+        for name, spec in self.keys.items():
+            if getattr(spec, "secret", False) and re.match(rf"{re.escape(name)}(?!\w)", str(key)):
+                checker.add(path, f"unknown key that starts with {name} (the rest is not shown: it may be "
+                                  f"the secret); write `{name}: value`, with a space after the colon")
+                return
+        checker.add(key_path(path, key), "unknown key" + _suggestion(key, self.keys))
+
+    def _with_secret_files(self) -> dict[str, Scalar | ListOf | MapOf | Section]:
+        """The keys, with `<key>_file` of each secret `<key>` checked as a secret too: an operator
+        may write the secret itself there."""
+        secret_files = {f"{key}_file" for key, spec in self.keys.items() if getattr(spec, "secret", False)}
+        return {key: replace(spec, secret=True) if key in secret_files else spec
+                for key, spec in self.keys.items()}
 
 
 def _suggestion(key: object, known: Mapping[str, object]) -> str:

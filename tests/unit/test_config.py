@@ -536,3 +536,125 @@ def test_the_state_section_alone_is_read_for_operator_commands(tmp_path):
         load_state_settings(str(config), {})
     assert sorted(raised.value.problems) == ["state.paht: unknown key (did you mean path?)",
                                              "state.path: must be a string, not a number"]
+
+
+SECRET = "Sup3rSecretPw"  # a distinctive value: no problem may contain it
+SECRET_LINE = ("braze:\n  rest_endpoint: https://rest.iad-01.braze.com\n  {line}\n"
+               "sources:\n  - {{name: a, type: local, path: /x}}\n")
+
+
+@pytest.mark.parametrize("line, expected, hidden", [
+    (f"api_key: *{SECRET}", "cfg.yaml:3:12: invalid YAML: an alias (*name) that is not defined", SECRET),
+    (f"api_key: *-{SECRET}", "cfg.yaml:3:12: invalid YAML: an alias (*name) that is not defined", SECRET),
+    (f"api_key: !{SECRET}", "cfg.yaml:3:12: invalid YAML: a tag (!name) this file may not use", SECRET),
+    (f"api_key: !<{SECRET}> x", "cfg.yaml:3:12: invalid YAML: a tag (!name) this file may not use", SECRET),
+    (f"api_key: !{SECRET}!x y", "cfg.yaml:3:12: invalid YAML: a tag handle (!name!) that is not defined", SECRET),
+    (f"api_key: [&{SECRET} a, &{SECRET} b]", "cfg.yaml:3:31: invalid YAML: an anchor (&name) given twice", SECRET),
+    (f"api_key: @{SECRET}", "cfg.yaml:3:12: invalid YAML: while scanning for the next token: found character "
+                            "(not shown) that cannot start any token", "'@'"),
+    (f"api_key: \"Ab\\q{SECRET}\"", "cfg.yaml:3:16: invalid YAML: while scanning a double-quoted scalar: "
+                                    "found unknown escape character (not shown)", "'q'"),
+    (f"api_key: |{SECRET}", "cfg.yaml:3:13: invalid YAML: while scanning a block scalar: expected chomping or "
+                            "indentation indicators, but found (not shown)", "'S'"),
+    (f"api_key: !!binary {SECRET}", "cfg.yaml:3:12: invalid YAML: a !!binary value that is not base64", "(13)"),
+    ("api_key: 2024-13-45", "cfg.yaml:3:12: invalid YAML: a date that is not one (like 2024-13-45)", "month"),
+])
+def test_yaml_syntax_errors_name_the_place_and_kind_but_not_the_token(tmp_path, line, expected, hidden):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(SECRET_LINE.format(line=line))
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(path), ENV)
+    (problem,) = raised.value.problems
+    assert problem.replace(str(tmp_path) + "/", "").startswith(expected)
+    assert hidden not in problem and SECRET not in problem
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a:\n  b: 1\n c: 2\n",
+     "cfg.yaml:3:2: invalid YAML: while parsing a block mapping: expected <block end>, "
+     "but found '<block mapping start>'"),
+    ("a: {b: c d: e}\n", "cfg.yaml:1:11: invalid YAML: while parsing a flow mapping: expected ',' or '}', but got ':'"),
+    ("a: b\n- c\n", "cfg.yaml:2:1: invalid YAML: while parsing a block mapping: expected <block end>, but found '-'"),
+    ("braze:\n  rest_endpoint: x\n  api_key Secret\nsources: 1\n",
+     "cfg.yaml:4:1: invalid YAML: while scanning a simple key: could not find expected ':'"),
+    ("braze:\n\trest_endpoint: x\n",
+     "cfg.yaml:2:1: invalid YAML: while scanning for the next token: found character '\\t' "
+     "that cannot start any token"),
+])
+def test_yaml_errors_that_quote_no_document_text_stay_specific(tmp_path, text, expected):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(str(path), ENV)
+    assert [problem.replace(str(tmp_path) + "/", "") for problem in raised.value.problems] == [expected]
+
+
+NO_API_KEY = (("braze", "api_key"), DELETE)
+UNSET_NAME_NOT_SHOWN = ("refers to an unset environment variable whose name is not shown (not written in A-Z, 0-9 "
+                        "and _, it may be part of the secret); write $${ for a literal ${")
+
+
+@pytest.mark.parametrize("edits, expected", [
+    ([(("braze", "api_key"), f"Abc${{{SECRET}}}Xyz")], f"braze.api_key: {UNSET_NAME_NOT_SHOWN}"),
+    ([NO_API_KEY, (("braze", "api_key_file"), f"${{{SECRET}}}")], f"braze.api_key_file: {UNSET_NAME_NOT_SHOWN}"),
+    ([(("sources", 1), {**FTP, "password": f"pw${{{SECRET}}}"})], f"sources[1].password: {UNSET_NAME_NOT_SHOWN}"),
+    ([(("sources", 1), {**SFTP, "private_key_passphrase": f"${{{SECRET}}}"})],
+     f"sources[1].private_key_passphrase: {UNSET_NAME_NOT_SHOWN}"),
+    ([(("http", "token"), f"${{lower_{SECRET}}}")], f"http.token: {UNSET_NAME_NOT_SHOWN}"),
+])
+def test_an_unset_variable_in_a_secret_is_named_only_if_spelled_like_one(edits, expected):
+    problems = problems_of(document(*edits))
+    assert problems == [expected]
+    assert not [problem for problem in problems if SECRET in problem]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ((("braze", "api_key"), "${MISSING_KEY_2}"), "braze.api_key: environment variable MISSING_KEY_2 is not set"),
+    ((("sources", 0, "marker_file"), "${lower_case}"),
+     "sources[0].marker_file: environment variable lower_case is not set"),
+])
+def test_an_unset_variable_is_named_where_its_name_is_no_secret(edit, expected):
+    assert problems_of(document(edit)) == [expected]
+
+
+@pytest.mark.parametrize("edits, expected", [
+    ([(("braze", f"api_key:{SECRET}"), None)], "braze: unknown key that starts with api_key (the rest is not shown: "
+                                               "it may be the secret); write `api_key: value`, with a space after "
+                                               "the colon"),
+    ([(("http", f"token={SECRET}"), None), (("http", "token"), "t")],
+     "http: unknown key that starts with token (the rest is not shown: it may be the secret); "
+     "write `token: value`, with a space after the colon"),
+    ([(("sources", 1), {**FTP, f"password {SECRET}": None})],
+     "sources[1]: unknown key that starts with password (the rest is not shown: it may be the secret); "
+     "write `password: value`, with a space after the colon"),
+])
+def test_a_secret_run_into_its_key_is_not_shown_as_an_unknown_key(edits, expected):
+    problems = problems_of(document(*edits), {**ENV, "FTP_PASSWORD": "pw"})
+    assert expected in problems
+    assert not [problem for problem in problems if SECRET in problem]
+
+
+SFTP_WITHOUT_SECRETS = (("sources", 1), {**SFTP, "password": DELETE, "private_key_passphrase": DELETE})
+
+
+@pytest.mark.parametrize("edits, content, expected", [
+    ([NO_API_KEY, (("braze", "api_key_file"), "${BRAZE_API_KEY}")], None,
+     "braze.api_key_file: cannot read ${BRAZE_API_KEY} (the path it makes is not shown): No such file or directory"),
+    ([SFTP_WITHOUT_SECRETS, (("sources", 1, "password_file"), "${SECRETS}/ftp")], None,
+     "sources[1].password_file: cannot read ${SECRETS}/ftp (the path it makes is not shown): "
+     "No such file or directory"),
+    ([SFTP_WITHOUT_SECRETS, (("sources", 1, "private_key_passphrase_file"), "${SECRETS}")], b"x",
+     "sources[1].private_key_passphrase_file: cannot read ${SECRETS} (the path it makes is not shown): Is a directory"),
+    ([(("http", "token_file"), "${SECRETS}/token")], b"\n",
+     "http.token_file: ${SECRETS}/token (the path it makes is not shown) is empty"),
+    ([(("http", "token_file"), "${SECRETS}/token")], b"caf\xe9",
+     "http.token_file: ${SECRETS}/token (the path it makes is not shown) is not UTF-8 text"),
+])
+def test_a_secret_file_path_from_the_environment_is_not_shown(tmp_path, edits, content, expected):
+    secret_folder = tmp_path / SECRET
+    if content is not None:
+        secret_folder.mkdir()
+        (secret_folder / "token").write_bytes(content)
+    problems = problems_of(document(*edits), {"BRAZE_API_KEY": SECRET, "SECRETS": str(secret_folder)}, str(tmp_path))
+    assert problems == [expected]
+    assert not [problem for problem in problems if SECRET in problem]
