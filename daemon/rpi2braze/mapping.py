@@ -135,8 +135,8 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
     """Given a row of an export planned by `plan`, return its Braze attributes object: the
     normalised standard fields, the rpi_* arrays as {"add": [...]} (rpi_offers gets `offer`), and
     the other columns in rpi_cdp_attributes with "_merge_objects": true. Empty cells are left out.
-    A phone number without a country code is read as one of the row's country, else of
-    `default_phone_region`.
+    A phone number without a country code is read as one of `default_phone_region`, or, if it
+    is none there, of the row's country.
 
     Raise RowRejected, with the reason, if the reader could not parse the row, its length is not
     the plan's, it has no external_id, or a value breaks Braze's formats or limits; the first
@@ -169,8 +169,7 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
             if converted is not None:
                 result[field] = converted
     if layout.phone_index is not None and (value := values[layout.phone_index].strip()):
-        # a national number ("07400 123456") is read as a number of the row's country, if it has one
-        result["phone"] = normalize.phone(value, result.get("country") or default_phone_region)
+        result["phone"] = normalize.phone(value, default_phone_region, result.get("country"))
     for index, field in layout.arrays:
         if value := values[index].strip():
             if len(value) > MAX_CHARS:

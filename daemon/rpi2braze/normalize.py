@@ -165,9 +165,10 @@ def _parse_datetime(value: str) -> datetime | None:
         return None
 
 
-def phone(value: str, default_region: str) -> str:
-    """Given a phone number, return it in E.164 form; numbers without a country code are read
-    as numbers of `default_region`. Raise RowRejected if it is not a valid number."""
+def phone(value: str, default_region: str, country: str | None = None) -> str:
+    """Given a phone number, return it in E.164 form; numbers without a country code are read as
+    numbers of `default_region`, or, if they are none there, of the row's `country`. Raise
+    RowRejected if it is not a valid number either way."""
     # Already E.164 ("+", a digit 1-9, 6 to 14 more ASCII digits): parsing would cost ~30 µs,
     # this check well under one. str.isdecimal alone would also pass the digits of other
     # scripts ("+1٢١٢..."), which Braze would get as they are; phonenumbers reads them as the
@@ -175,22 +176,27 @@ def phone(value: str, default_region: str) -> str:
     if (8 <= len(value) <= 16 and value[0] == "+" and value[1] in _NONZERO_DIGITS
             and value.isascii() and value[1:].isdecimal()):
         return value
-    if default_region in nanp.REGIONS and (national := nanp.national_number(value)) is not None:
-        if nanp.is_valid(national):
-            return f"+{nanp.COUNTRY_CODE}{national}"
-        raise _not_a_phone(value, default_region)
+    # The default region first: a number valid there keeps the reading it always had (a row in
+    # DE holding "(303) 555-0102" is a US number, though +49 303 5550102 would be valid too).
+    for region in (default_region, country) if country and country != default_region else (default_region,):
+        if (number := _phone_in(value, region)) is not None:
+            return number
+    also = f", then as {country}, the row's country" if country and country != default_region else ""
+    raise RowRejected(f"phone {quote(value)} is not a valid phone number "
+                      f"(numbers without +country code are read as {default_region}{also})")
+
+
+def _phone_in(value: str, region: str) -> str | None:
+    """`value` in E.164 if it is a valid number read in `region`, else None."""
+    if region in nanp.REGIONS and (national := nanp.national_number(value)) is not None:
+        return f"+{nanp.COUNTRY_CODE}{national}" if nanp.is_valid(national) else None
     try:
-        number = phonenumbers.parse(value, default_region)
+        number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
-        number = None
-    if number is None or not phonenumbers.is_valid_number(number):
-        raise _not_a_phone(value, default_region)
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def _not_a_phone(value: str, default_region: str) -> RowRejected:
-    return RowRejected(f"phone {quote(value)} is not a valid phone number "
-                       f"(numbers without +country code are read as {default_region})")
 
 
 def email(value: str) -> str:

@@ -142,14 +142,20 @@ def test_phone_uses_the_given_default_region():
 
 
 @pytest.mark.parametrize("country, phone, expected", [
-    ("GB", "07400 123456", "+447400123456"),            # the row's country, not the default US
+    ("GB", "07400 123456", "+447400123456"),            # no US number: the row's country's
     ("United Kingdom", "020 7183 8750", "+442071838750"),
+    ("DE", "(303) 555-0102", "+13035550102"),          # a US number stays one (+49 303 5550102 is valid too)
     ("CA", "(416) 555-0199", "+14165550199"),
-    ("", "(415) 555-2671", "+14155552671"),            # no country: the default region
+    ("", "(415) 555-2671", "+14155552671"),
     ("GB", "+1 415 555 2671", "+14155552671"),           # a country code always wins
 ])
-def test_a_national_phone_number_is_read_as_one_of_the_rows_country(country, phone, expected):
+def test_a_national_phone_number_is_read_in_the_default_region_then_in_the_rows_country(country, phone, expected):
     assert mapped(("external_id", "country", "phone"), ("u1", country, phone), region="US")["phone"] == expected
+
+
+def test_a_phone_number_valid_nowhere_says_where_it_was_read():
+    with pytest.raises(RowRejected, match=r"read as US, then as GB, the row's country"):
+        mapped(("external_id", "country", "phone"), ("u1", "GB", "12345"), region="US")
 
 
 def test_configured_types():
