@@ -17,7 +17,8 @@ from rpi2braze.config import load_settings
 from rpi2braze.engine import Engine
 from rpi2braze.errors import ConfigError, SourceError
 from rpi2braze.health import HEALTH
-from rpi2braze.http_api import HttpApi, PostExecution
+from rpi2braze.http_api import HttpApi
+from rpi2braze.post_execution import PostExecution
 from rpi2braze.log import get_logger
 from rpi2braze.notify import Notifier
 from rpi2braze.settings import Settings

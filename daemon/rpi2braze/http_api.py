@@ -5,17 +5,21 @@
     GET  /healthz              200 or 503, with a JSON body saying why
 
 RPI's call names no path (reference/redpoint-rpi.md §2): the daemon's callback rebuilds the folder
-below its base and keeps it there; this module only checks the body's shape. The token guards the POST
+below its base and keeps it there; `post_execution.py` only checks the body's shape. The token guards the POST
 only: scrapers and probes usually cannot send one, and the GET endpoints change nothing.
+
+Clients are served before any token is checked, so what one client may hold is capped: the number of
+connections, the time and the bytes a request may take. Clients that break off are logged, throttled.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import socket
+import sys
 import threading
 import time
-from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
@@ -26,82 +30,24 @@ import orjson
 
 from rpi2braze import metrics
 from rpi2braze.errors import SourceError, SourceUnavailable
-from rpi2braze.log import get_logger
+from rpi2braze.log import Throttle, get_logger
+from rpi2braze.post_execution import MAX_BODY_BYTES, PostExecution, parse_post_execution
 from rpi2braze.secret import Secret
 
 log = get_logger(__name__)
 
 POST_EXECUTION_PATH = "/rpi/post-execution"
-MAX_BODY_BYTES = 64 * 1024          # RPI's body is well under 1 KiB; anything near this is not RPI
-MAX_FIELD_LENGTH = 255              # a path component cannot be longer on common filesystems
 SOCKET_TIMEOUT_SECONDS = 5.0        # a client that stalls mid-request loses its thread quickly
+MAX_CONNECTIONS = 32                # each is a thread; RPI, Prometheus and a probe need a few at most
+# Accept to end of body: RPI's small call takes milliseconds, and a client sending a byte every few
+# seconds never trips the per-read SOCKET_TIMEOUT_SECONDS.
+REQUEST_DEADLINE_SECONDS = 10.0
+# Line, headers and body: RPI's headers are a few hundred bytes; http.server alone buffers 6.5 MB.
+MAX_REQUEST_BYTES = 2 * MAX_BODY_BYTES
+LOG_THROTTLE_SECONDS = 60.0         # a flood of refused or broken connections is one line a minute
 LINGER_SECONDS = 2.0                # see _discard_unread_input
 LINGER_CHUNK_BYTES = 64 * 1024
 SHUTDOWN_POLL_SECONDS = 0.2
-
-REQUIRED_FIELDS = ("workflowAssociationInstanceID", "channelName", "offerName")
-OPTIONAL_FIELDS = ("interactionID", "workflowAssociationID", "dataflowID", "activityName",
-                   "channelOfferName", "channelExecutionID", "clientID")
-
-
-@dataclass(frozen=True)
-class PostExecution:
-    """RPI's Post Execution call. Field names are RPI's JSON keys verbatim, so the mapping needs no
-    table. Values are strings (RPI sends strings; integers are accepted and converted)."""
-
-    workflowAssociationInstanceID: str
-    channelName: str
-    offerName: str
-    interactionID: str | None = None
-    workflowAssociationID: str | None = None
-    dataflowID: str | None = None
-    activityName: str | None = None
-    channelOfferName: str | None = None
-    channelExecutionID: str | None = None
-    clientID: str | None = None
-
-    @property
-    def folder_relpath(self) -> str:
-        """The export folder this call announces, relative to the source base. Not yet checked:
-        pass it through sources.base.safe_join before touching the filesystem."""
-        return f"{self.channelName}/{self.offerName}/{self.workflowAssociationInstanceID}"
-
-
-def parse_post_execution(body: bytes) -> PostExecution:
-    """Given the raw request body, return the PostExecution it describes.
-
-    Raise ValueError, with a reason fit to send back to the caller, if the body is too large, not
-    JSON, not an object, lacks a required field, or has a field that is empty or not a string or an
-    integer. Unknown keys are ignored: RPI versions differ in what they send.
-    """
-    if len(body) > MAX_BODY_BYTES:
-        raise ValueError(f"body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"body is not JSON: {exc}") from None
-    if not isinstance(document, dict):
-        raise ValueError("body must be a JSON object")
-    values = {name: _field(document, name, required=True) for name in REQUIRED_FIELDS}
-    values.update({name: _field(document, name, required=False) for name in OPTIONAL_FIELDS})
-    return PostExecution(**values)
-
-
-def _field(document: dict[str, Any], name: str, required: bool) -> str | None:
-    """Return `document[name]` as a string; None for an absent or empty optional field."""
-    value = document.get(name)
-    # bool is an int subclass, and true/false is never an RPI name or ID.
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
-        raise ValueError(f"field {name!r} must be a string or an integer, not {type(value).__name__}")
-    text = "" if value is None else str(value)
-    if not text.strip():
-        if required:
-            raise ValueError(f"missing required field {name!r}" if value is None else f"field {name!r} is empty")
-        return None
-    if len(text) > MAX_FIELD_LENGTH:
-        raise ValueError(f"field {name!r} is longer than {MAX_FIELD_LENGTH} characters")
-    return text
-
 
 class HttpApi:
     """The listener's lifecycle: `start()` binds and serves in a background thread, `stop()` ends it.
@@ -136,7 +82,7 @@ class HttpApi:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, let requests in progress finish (bounded by the socket timeout), close."""
+        """Stop accepting, let requests in progress finish (bounded by the request deadline), close."""
         if self._server is None or self._thread is None:
             return
         self._server.shutdown()
@@ -158,6 +104,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type, api: HttpApi):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.api = api
+        self._log_throttle = Throttle(LOG_THROTTLE_SECONDS)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, handler)
 
     def server_bind(self) -> None:
@@ -165,10 +113,71 @@ class _Server(ThreadingHTTPServer):
         TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        # Refused at once rather than queued: a queue would only hand the slow clients more time.
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            self.warn_throttled("http_connection_refused", limit=MAX_CONNECTIONS, client=client_address[0])
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()   # no thread started, so none will release it
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: socket.socket, client_address: Any) -> None:
+        # The default prints a traceback to stderr for every client that hangs up mid-request.
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            self.warn_throttled("http_client_dropped", reason=str(error), client=client_address[0])
+        else:
+            log.exception("http_handler_failed", client=client_address[0])
+
+    def warn_throttled(self, event: str, **context: Any) -> None:
+        """Log `event` unless one with the same `detail` went out in the last LOG_THROTTLE_SECONDS;
+        the next one let through says how many were held back."""
+        if (held_back := self._log_throttle.admit((event, context.get("detail")))) is not None:
+            log.warning(event, **context, held_back=held_back)
+
+
+class _RequestReader(io.RawIOBase):
+    """The connection's input, ended with TimeoutError REQUEST_DEADLINE_SECONDS after it was
+    accepted and with ConnectionAbortedError past MAX_REQUEST_BYTES, however slowly it trickles."""
+
+    def __init__(self, connection: socket.socket):
+        self._connection = connection
+        self._deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS
+        self._bytes_left = MAX_REQUEST_BYTES
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        if self._bytes_left <= 0:
+            raise ConnectionAbortedError(f"request over {MAX_REQUEST_BYTES} bytes")
+        self._connection.settimeout(min(remaining, SOCKET_TIMEOUT_SECONDS))
+        received = self._connection.recv_into(buffer, min(len(buffer), self._bytes_left))
+        self._bytes_left -= received
+        return received
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = SOCKET_TIMEOUT_SECONDS
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()   # the plain socket file; every read goes through the deadline instead
+        self.rfile = io.BufferedReader(_RequestReader(self.connection))
 
     def version_string(self) -> str:
         return "rpi2braze"   # no Python version for scanners to match against
@@ -286,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
               headers: dict[str, str] | None = None) -> None:
         # Close after every answer: an unread body must never be parsed as the next request.
         self.close_connection = True
+        self.connection.settimeout(SOCKET_TIMEOUT_SECONDS)   # the deadline was for reading the request
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -301,4 +311,5 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_error(self, format: str, *args: Any) -> None:
         # The arguments can quote the raw request line (and so a token); the format alone is enough.
-        log.warning("http_protocol_error", detail=format)
+        # Throttled: every slow client past the deadline lands here ("Request timed out").
+        self.server.warn_throttled("http_protocol_error", detail=format)

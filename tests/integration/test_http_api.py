@@ -6,15 +6,20 @@ folder through safe_join, which refuses anything that would leave the base.
 
 import json
 import os
+import select
 import socket
+import struct
 import threading
+import time
 
 import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from rpi2braze import http_api
 from rpi2braze.errors import SourceError, SourceUnavailable
-from rpi2braze.http_api import HttpApi, PostExecution
+from rpi2braze.http_api import HttpApi
+from rpi2braze.post_execution import PostExecution
 from rpi2braze.secret import Secret
 from rpi2braze.sources.base import safe_join
 from samples import RPI_POST_EXECUTION
@@ -287,3 +292,118 @@ def test_stop_releases_the_port(daemon):
     listener.stop()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+# Slow and broken clients. The limits are made small so that these tests take about a second; the
+# clients give up after GIVE_UP_SECONDS, which only a server without the limits would reach.
+CAP = 4
+DEADLINE_SECONDS = 1.0
+GIVE_UP_SECONDS = 10.0
+TRICKLE_SECONDS = 0.1
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: rpi2braze\r\n\r\n"
+
+
+@pytest.fixture
+def limited_api(monkeypatch, daemon):
+    monkeypatch.setattr(http_api, "MAX_CONNECTIONS", CAP)
+    monkeypatch.setattr(http_api, "REQUEST_DEADLINE_SECONDS", DEADLINE_SECONDS)
+    monkeypatch.setattr(http_api, "MAX_REQUEST_BYTES", 4096)
+    listener = HttpApi("127.0.0.1", 0, Secret(TOKEN), daemon.on_post_execution, daemon.health).start()
+    yield listener
+    listener.stop()
+
+
+def slow_client(port: int) -> socket.socket:
+    """A connection that has sent the request line and the start of a header, and no more."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=GIVE_UP_SECONDS)
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+    return connection
+
+
+def server_closed(connection: socket.socket) -> bool:
+    """Send one more header byte; True if the server has closed the connection."""
+    try:
+        connection.sendall(b"a")
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(4096) == b""
+    except ConnectionError:
+        return True
+
+
+def trickle_until_closed(connections: list[socket.socket]) -> list[socket.socket]:
+    """Send a byte on each connection every TRICKLE_SECONDS until the server has closed them all or
+    GIVE_UP_SECONDS pass; return those still open."""
+    still_open, give_up_at = list(connections), time.monotonic() + GIVE_UP_SECONDS
+    while still_open and time.monotonic() < give_up_at:
+        still_open = [connection for connection in still_open if not server_closed(connection)]
+        time.sleep(TRICKLE_SECONDS)
+    return still_open
+
+
+def answer_or_nothing(port: int, request: bytes) -> bytes:
+    """The server's answer to `request`, or b"" if it closed the connection without one."""
+    try:
+        return raw_request(port, request)
+    except ConnectionError:
+        return b""
+
+
+def answer_when_admitted(port: int, request: bytes) -> bytes:
+    """Send `request` again while the server closes the connection unanswered, as a client retrying
+    a full server would; return the first answer, or b"" after GIVE_UP_SECONDS."""
+    give_up_at = time.monotonic() + GIVE_UP_SECONDS
+    while not (answer := answer_or_nothing(port, request)) and time.monotonic() < give_up_at:
+        time.sleep(TRICKLE_SECONDS)
+    return answer
+
+
+def test_a_connection_beyond_the_cap_is_closed_unanswered(limited_api, monkeypatch):
+    monkeypatch.setattr(http_api, "REQUEST_DEADLINE_SECONDS", GIVE_UP_SECONDS)   # the holders keep their slots
+    holders = [slow_client(limited_api.port) for _ in range(CAP)]
+    try:
+        with capture_logs() as logs:
+            refused = answer_or_nothing(limited_api.port, HEALTHZ)
+    finally:
+        for connection in holders:
+            connection.close()
+    assert refused == b""
+    assert [entry["limit"] for entry in logs if entry["event"] == "http_connection_refused"] == [CAP]
+    assert answer_when_admitted(limited_api.port, HEALTHZ).startswith(b"HTTP/1.0 200 ")   # slots came back
+
+
+def test_more_slow_clients_than_the_cap_do_not_keep_a_request_from_being_answered(limited_api):
+    slow_clients = [slow_client(limited_api.port) for _ in range(CAP + 2)]
+    try:
+        answer = answer_when_admitted(limited_api.port, HEALTHZ)
+        still_open = trickle_until_closed(slow_clients)
+    finally:
+        for connection in slow_clients:
+            connection.close()
+    assert answer.startswith(b"HTTP/1.0 200 ")
+    assert still_open == []
+
+
+def test_a_client_trickling_headers_past_the_deadline_is_disconnected(limited_api):
+    with slow_client(limited_api.port) as connection:
+        assert trickle_until_closed([connection]) == []
+    assert answer_or_nothing(limited_api.port, HEALTHZ).startswith(b"HTTP/1.0 200 ")
+
+
+def test_a_request_larger_than_the_limit_is_dropped_unanswered(limited_api):
+    headers = b"".join(b"X-Padding-%d: %s\r\n" % (number, b"p" * 1000) for number in range(8))
+    oversized = HEALTHZ.replace(b"\r\n\r\n", b"\r\n" + headers + b"\r\n")
+    assert answer_or_nothing(limited_api.port, oversized) == b""
+    assert answer_or_nothing(limited_api.port, HEALTHZ).startswith(b"HTTP/1.0 200 ")
+
+
+def test_a_client_resetting_mid_request_is_one_log_line_and_no_traceback(limited_api, capfd):
+    with capture_logs() as logs:
+        connection = slow_client(limited_api.port)
+        # Linger 0: close sends a reset, as a crashed client or a dropped network path does.
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+        answer = answer_when_admitted(limited_api.port, HEALTHZ)
+        limited_api.stop()   # waits for the handler threads, so whatever they print is printed
+    assert answer.startswith(b"HTTP/1.0 200 ")
+    assert "Traceback" not in capfd.readouterr().err
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["http_client_dropped"]

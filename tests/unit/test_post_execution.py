@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rpi2braze.http_api import MAX_BODY_BYTES, PostExecution, parse_post_execution
+from rpi2braze.post_execution import MAX_BODY_BYTES, PostExecution, parse_post_execution
 from samples import RPI_POST_EXECUTION
 
 RPI_SAMPLE = RPI_POST_EXECUTION
