@@ -48,10 +48,11 @@ _GENDERS = {
     "n": "N", "na": "N", "notapplicable": "N",
     "p": "P", "prefernottosay": "P", "prefernottoanswer": "P", "prefernottodisclose": "P",
     "declined": "P", "declinedtoanswer": "P",
-    "u": None, "unknown": None, "unspecified": None,
+    "u": None, "unknown": None, "unspecified": None, "notspecified": None,
 }
 
 _NOT_A_GENDER = "!"
+_NO_DATE = "0001-01-01"   # .NET's DateTime.MinValue: a missing date, not a birthday
 
 _TRUE = frozenset({"true", "yes", "y", "1", "t"})
 _FALSE = frozenset({"false", "no", "n", "0", "f"})
@@ -129,12 +130,16 @@ def _gender_code(value: str) -> str | None:
     return _GENDERS.get(_fold(value).replace(" ", ""), _NOT_A_GENDER)
 
 
-def dob(value: str) -> str:
+def dob(value: str) -> str | None:
     """Given a date of birth as yyyy-MM-dd, yyyy/MM/dd, yyyyMMdd or an ISO datetime, return it as
-    YYYY-MM-DD. Raise RowRejected unless it is a real date in 1900..this year."""
+    YYYY-MM-DD, or None for 0001-01-01 (omit the field: .NET's DateTime.MinValue, which RPI's
+    exports may hold for a missing date). Raise RowRejected unless it is a real date in
+    1900..this year."""
     result = _dob(value) if len(value) <= _MAX_CACHED_CHARS else "!is not a date"
     if result.startswith("!"):
         raise RowRejected(f"dob {quote(value)} {result[1:]}")
+    if result == _NO_DATE:
+        return None
     # Outside the cache, which outlives a new year. date.today() costs ~1 µs: a year before the
     # one this process started in needs no clock.
     year = int(result[:4])

@@ -43,7 +43,7 @@ def test_country_rejects_what_names_no_country(value):
     ("O", "O"), ("other", "O"), ("Non-Binary", "O"), ("non binary", "O"), ("nonbinary", "O"),
     ("N", "N"), ("n/a", "N"), ("Not Applicable", "N"), ("not_applicable", "N"),
     ("P", "P"), ("Prefer not to say", "P"), ("prefer-not-to-say", "P"), ("Declined", "P"),
-    ("U", None), ("u", None), ("Unknown", None), ("unspecified", None),
+    ("U", None), ("u", None), ("Unknown", None), ("unspecified", None), ("Not Specified", None),
 ])
 def test_gender_returns_braze_letter_or_none(value, expected):
     assert normalize.gender(value) == expected
@@ -61,6 +61,8 @@ def test_gender_rejects_other_words(value):
     ("1980-12-21T10:11:12Z", "1980-12-21"), ("1980-12-21 00:00:00.000", "1980-12-21"),
     ("1980-12-21T00:00:00+01:00", "1980-12-21"), ("1900-01-01", "1900-01-01"),
     ("2000-02-29", "2000-02-29"), (date.today().isoformat(), date.today().isoformat()),
+    # .NET's DateTime.MinValue, a missing date in a .NET export: omitted, the row delivered
+    ("0001-01-01", None), ("0001-01-01T00:00:00", None), ("0001-01-01 00:00:00.000", None),
 ])
 def test_dob_returns_iso_date(value, expected):
     assert normalize.dob(value) == expected
@@ -68,7 +70,7 @@ def test_dob_returns_iso_date(value, expected):
 
 @pytest.mark.parametrize("value", [
     "1980-02-30", "1981-02-29", "1980-13-01", "1980-00-10", "21/12/1980", "12/21/1980",
-    "1899-12-31", f"{date.today().year + 1}-01-01", "1980-12-21T25:00:00", "1980-12",
+    "1899-12-31", "0001-01-02", f"{date.today().year + 1}-01-01", "1980-12-21T25:00:00", "1980-12",
     "1980/12-21", "1980-12-21 garbage", "abc", "80-12-21",
 ])
 def test_dob_rejects_what_is_no_real_date(value):
