@@ -159,6 +159,15 @@ def _connection(endpoint: urllib.parse.SplitResult, settings: BrazeSettings) -> 
     return connection
 
 
+def proxy_problem(rest_endpoint: str) -> str | None:
+    """Why the proxy the environment names for `rest_endpoint` cannot be used, or None."""
+    try:
+        _proxy_for(urllib.parse.urlsplit(rest_endpoint))
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def _proxy_for(endpoint: urllib.parse.SplitResult) -> urllib.parse.SplitResult | None:
     """The proxy the environment names for `endpoint`, or None. Raise ValueError, without quoting
     the address (it may hold a password), if it is unusable: not a URL, or not an http:// proxy,

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import phonenumbers
 
-from rpi2braze import normalize, settings
+from rpi2braze import braze_client, normalize, settings
 from rpi2braze.config_check import Checked, Checker, describe, key_path
 from rpi2braze.config_schema import CONFIG, DEFAULT_PORTS, LOCAL_TYPES, REMOTE_REQUIRED, SOURCE_KEYS_BY_TYPE
 from rpi2braze.config_schema import json_schema  # noqa: F401  (part of this module's API)
@@ -118,8 +118,11 @@ def _braze(values: Checked, checker: Checker, base_dir: str) -> BrazeSettings:
     ca_file = _local_path(values.get("ca_file"), base_dir)
     if ca_file is not None:
         _check_ca_file(ca_file, "braze.ca_file", checker)
+    endpoint = _endpoint(values.get("rest_endpoint"), values.get("allow_insecure_http", False), checker)
+    if endpoint and (problem := braze_client.proxy_problem(endpoint)):   # at start, not at the first request
+        checker.add("braze.rest_endpoint", f"its proxy: {problem}")
     return BrazeSettings(
-        rest_endpoint=_endpoint(values.get("rest_endpoint"), values.get("allow_insecure_http", False), checker),
+        rest_endpoint=endpoint,
         api_key=_header_value(_secret(values, "api_key", "braze", checker, base_dir, required=True),
                               "braze.api_key", checker),
         rate_limit=RateLimit(**values.get("rate_limit", {})),

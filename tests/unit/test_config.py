@@ -658,3 +658,12 @@ def test_a_secret_file_path_from_the_environment_is_not_shown(tmp_path, edits, c
     problems = problems_of(document(*edits), {"BRAZE_API_KEY": SECRET, "SECRETS": str(secret_folder)}, str(tmp_path))
     assert problems == [expected]
     assert not [problem for problem in problems if SECRET in problem]
+
+
+def test_an_unusable_proxy_for_braze_is_a_config_problem_without_its_address(monkeypatch):
+    monkeypatch.setenv("https_proxy", "http://proxyuser:Pa55/word@127.0.0.1:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    found = problems_of(document())
+    assert [problem for problem in found if problem.startswith("braze.rest_endpoint: its proxy: HTTPS_PROXY")]
+    assert not any("Pa55" in problem for problem in found)
