@@ -252,13 +252,14 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
     rest of its rows (the rows before it are already yielded).
     """
     consumed = reader.line_num
+    widths = (len(header), len(header) + 2)   # + RPI's two unnamed IDs
     try:
         for values in reader:
             start = lines_before + consumed + 1
             previous, consumed = consumed, reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
-            if consumed - previous > 1 and (
+            if consumed - previous > 1 and _looks_broken(values, widths) and (
                     problem := _runaway_quote(values, reader.dialect.delimiter, len(header), start)):
                 raise BadFileError(f"{file_name or 'export'}: {problem}")
             if raw.suspect and (problem := _row_problem(values, header, start, encoding)):
@@ -270,10 +271,17 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
         raise BadFileError(f"{file_name or 'export'}: unreadable from line {start}: {error}") from None
 
 
+def _looks_broken(values: list[str], widths: tuple[int, ...]) -> bool:
+    """True for a record over several lines that is not as wide as the file's rows, or whose last
+    value ends with a line break (a quote still open at the end of the file): a quoted field over
+    lines in a well-formed record is never suspected, whatever it holds."""
+    return len(values) not in widths or values[-1].endswith(("\n", "\r"))
+
+
 def _runaway_quote(values: list[str], delimiter: str, width: int, start: int) -> str | None:
-    """Given a record spanning several lines, describe the stray quote it looks like: a quoted
-    field holding a line with a whole row's delimiters (at least two), which the file's quoting
-    joined into one value. None if no field does (an address over two lines)."""
+    """Given a broken record spanning several lines, describe the stray quote it looks like: a
+    quoted field holding a line with a whole row's delimiters (at least two), which the file's
+    quoting joined into one value. None if no field does (an address over two lines)."""
     for value in values:
         lines = value.splitlines()
         for offset, line in enumerate(lines[1:], 1):

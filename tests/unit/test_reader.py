@@ -146,6 +146,7 @@ def test_a_stray_quote_that_would_swallow_rows_ends_the_file_with_where_and_how_
     b'id,address,city\nu1,"12 Main St\nApt 4",Boston,extra\n',     # ragged for another reason
     b'id,note\nu1,"a, b\nc, d"\n',                                  # one delimiter a line: prose
     b'id,name,note\nu1,Ann,"called, left a message\nagain, no answer"\n',   # fewer than a row has
+    b'id,address,city\nu1,"12 Main St\nSuite 5, Springfield, IL 62701",Boston\n',   # a row's worth, well formed
 ])
 def test_quoted_line_breaks_that_do_not_swallow_rows_are_read(data):
     _, rows = read(data)
