@@ -116,8 +116,8 @@ class _Server(ThreadingHTTPServer):
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         # Refused at once rather than queued: a queue would only hand the slow clients more time.
         if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
             self.warn_throttled("http_connection_refused", limit=MAX_CONNECTIONS, client=client_address[0])
+            self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
