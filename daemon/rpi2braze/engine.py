@@ -123,14 +123,16 @@ class Engine:
 
     def _deliver(self, folder: ExportFolder, source: Source, source_settings: SourceSettings) -> None:
         status = WorkflowStatus.IN_PROGRESS
+        delivery = FolderDelivery(folder, source, source_settings, self.pipeline.context)
         with self._count_lock:
             self._in_progress += 1
         try:
-            status = FolderDelivery(folder, source, source_settings, self.pipeline.context).run()
+            status = delivery.run()
         except Exception:
             log.exception("folder_worker_error", workflow_id=folder.key.workflow_id, source=folder.key.source)
             status = WorkflowStatus.PENDING
         finally:
             with self._count_lock:
                 self._in_progress -= 1
-            self.scanner.release(folder.key, status)
+            # another process delivering it is no failure of the folder's: no longer wait for it
+            self.scanner.release(folder.key, status, failed=not delivery.busy_elsewhere)

@@ -124,8 +124,9 @@ class Scanner:
                           hint=f"scanning it again in {SCAN_RETRY_SECONDS:.0f} s")
             return self._clock() + SCAN_RETRY_SECONDS
 
-    def release(self, key: WorkflowKey, status: WorkflowStatus) -> None:
-        """A worker is done with `key`: finished, or postponed and to be retried later."""
+    def release(self, key: WorkflowKey, status: WorkflowStatus, failed: bool = True) -> None:
+        """A worker is done with `key`: finished, or postponed and to be retried later; if it was
+        not `failed` (another process holds it), after the first delay, and it does not count."""
         with self._lock:
             self._busy.discard(key)
             if status in FINISHED:
@@ -133,7 +134,9 @@ class Scanner:
             if status != WorkflowStatus.PENDING:
                 self._postponed.pop(key, None)
                 return self.wake()
-            times = self._postponed[key] = self._postponed.get(key, 0) + 1
+            times = 1
+            if failed:
+                times = self._postponed[key] = self._postponed.get(key, 0) + 1
             delay = self._retry_delay(key, times)
             self._held[key] = self._clock() + delay
         log.info("workflow_retry_later", source=key.source, workflow_id=key.workflow_id, postponed_times=times,

@@ -169,6 +169,23 @@ def test_a_folder_postponed_again_and_again_waits_twice_as_long_each_time_and_af
     scanner.scan_due()
     assert len(queued) == 8
     assert round(postponed_then_queued_again(), -1) == 30, "a new streak starts from the first delay"
+    assert round(postponed_then_queued_again(), -1) == 60
+
+
+def test_a_folder_another_process_holds_is_looked_at_again_after_the_first_delay_every_time(world):
+    base, scanner, queued, clock, _, _ = world
+    drop(base, "1")
+    (base / UPSERT / "Offer" / "1" / "done.ok").write_text("")
+    scanner.scan_due()
+    waits = []
+    for _ in range(4):   # `process` run by hand holds it: no failure of the folder's
+        scanner.release(queued[-1].key, WorkflowStatus.PENDING, failed=False)
+        released, count = clock.now, len(queued)
+        while len(queued) == count:
+            clock.now += 1
+            scanner.scan_due()
+        waits.append(round(clock.now - released, -1))
+    assert waits == [30, 30, 30, 30]
 
 
 def test_queue_now_skips_the_settle_time_but_not_the_rules(world):
