@@ -28,7 +28,7 @@ import threading
 from typing import Iterator
 
 from rpi2braze.errors import StateError
-from rpi2braze.log import get_logger
+from rpi2braze.log import Throttle, get_logger
 from rpi2braze.model import WorkflowKey
 
 log = get_logger(__name__)
@@ -63,19 +63,21 @@ class _LockFile:
 
     def follow(self) -> None:
         """If the path no longer names the open file, move to the file it names now, taking the
-        workflows held here again there. If that file cannot be opened, log why and stay."""
+        workflows held here again there. If that file cannot be opened, log why (once a minute)
+        and stay: the locks held here keep this process's workflows apart meanwhile."""
         try:
             current = os.stat(self.path)
         except FileNotFoundError:
             current = None
+        except OSError as error:   # the state folder turned into a file, or lost its permissions
+            return self._unusable(error.strerror)
         opened = os.fstat(self.fd)
         if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
             return
         try:
             fd = _open(self.path)
         except StateError as error:   # the state directory is gone or read-only: tried again later
-            log.error("workflow_lock_file_unusable", path=self.path, reason=str(error))
-            return
+            return self._unusable(str(error))
         lost = [offset for offset in sorted(self.held) if not _try_lock(fd, offset)]
         os.close(self.fd)
         self.fd = fd
@@ -86,6 +88,12 @@ class _LockFile:
                       reason="another process took them in the new file meanwhile: both may deliver them")
 
 
+    def _unusable(self, reason: str) -> None:
+        if (held_back := _UNUSABLE_LOG.admit(self.path)) is not None:
+            log.error("workflow_lock_file_unusable", path=self.path, reason=reason, similar_since_last=held_back)
+
+
+_UNUSABLE_LOG = Throttle(60.0)
 _open_files: dict[str, _LockFile] = {}   # by real path
 _guard = threading.Lock()               # over _open_files and every _LockFile
 

@@ -5,9 +5,11 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+import structlog
 
 from rpi2braze import locks as locks_module
 from rpi2braze.errors import StateError
@@ -157,4 +159,26 @@ def test_a_workflow_locked_after_the_file_was_deleted_is_locked_in_the_file_othe
             finally:
                 process.kill()
     finally:
+        locks.close()
+
+
+def test_a_state_folder_that_becomes_unusable_is_logged_and_the_locks_go_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks_module, "FOLLOW_SECONDS", 0.05)
+    monkeypatch.setattr(locks_module, "_UNUSABLE_LOG", locks_module.Throttle(60.0))
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    locks = WorkflowLocks(str(state_dir))
+    try:
+        with structlog.testing.capture_logs() as logs:
+            state_dir.rename(tmp_path / "moved")
+            state_dir.write_text("")   # the path now names a file: stat fails with ENOTDIR
+            with locks.hold(KEY) as held:
+                assert held is True    # the lock on the file still open keeps the workflows apart
+            time.sleep(0.3)            # several follower rounds
+        assert any(thread.name == "workflow-locks" for thread in threading.enumerate())
+        unusable = [line for line in logs if line["event"] == "workflow_lock_file_unusable"]
+        assert len(unusable) == 1, "once a minute, not every round"
+    finally:
+        state_dir.unlink()
+        (tmp_path / "moved").rename(state_dir)
         locks.close()
