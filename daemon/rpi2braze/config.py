@@ -30,6 +30,7 @@ from rpi2braze.settings import (BrazeSettings, HttpSettings, MappingSettings, Ra
 from rpi2braze.yaml_load import parse_yaml
 
 CONFIG_ENVIRONMENT_VARIABLE = "RPI2BRAZE_CONFIG"
+_ONE_VARIABLE = re.compile(r"\$\{[^}]*\}")
 _SECTIONS = list(CONFIG.keys)
 _LISTEN = re.compile(r"\[(?P<ipv6>[0-9A-Fa-f:.]+)\]:(?P<port6>\d{1,5})|(?P<host>[^:\[\]\s]+):(?P<port>\d{1,5})")
 
@@ -320,9 +321,9 @@ def _secret(values: Checked, key: str, path: str, checker: Checker, base_dir: st
         return None
     if file_key in values:
         filename = _local_path(values[file_key], base_dir)
-        written = values.written.get(file_key)
-        # a path made from ${VAR} may be the secret itself, put in the *_file key by mistake
-        shown = f"{written} (the path it makes is not shown)" if written else filename
+        written = values.written.get(file_key, "")
+        # a path that is one ${VAR} may be the secret itself, put in the *_file key by mistake
+        shown = f"{written} (the path it makes is not shown)" if _ONE_VARIABLE.fullmatch(written) else filename
         return _read_secret(filename, shown, key_path(path, file_key), checker)
     if key in values:
         return Secret(values[key])

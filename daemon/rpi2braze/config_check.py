@@ -239,7 +239,7 @@ class Section:
         """Name an unknown key, unless a secret key's value ran into it (`{api_key:S3cret}`, no
         space after the colon): then name only the secret key."""
         for name, spec in self.keys.items():
-            if getattr(spec, "secret", False) and re.match(rf"{re.escape(name)}(?!\w)", str(key)):
+            if getattr(spec, "secret", False) and re.match(rf"{re.escape(name)}[:=\s]", str(key)):
                 checker.add(path, f"unknown key that starts with {name} (the rest is not shown: it may be "
                                   f"the secret); write `{name}: value`, with a space after the colon")
                 return

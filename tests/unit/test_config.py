@@ -638,26 +638,31 @@ SFTP_WITHOUT_SECRETS = (("sources", 1), {**SFTP, "password": DELETE, "private_ke
 
 
 @pytest.mark.parametrize("edits, content, expected", [
+    # a path that is one ${VAR} may be the secret itself, put in the *_file key by mistake
     ([NO_API_KEY, (("braze", "api_key_file"), "${BRAZE_API_KEY}")], None,
      "braze.api_key_file: cannot read ${BRAZE_API_KEY} (the path it makes is not shown): No such file or directory"),
-    ([SFTP_WITHOUT_SECRETS, (("sources", 1, "password_file"), "${SECRETS}/ftp")], None,
-     "sources[1].password_file: cannot read ${SECRETS}/ftp (the path it makes is not shown): "
-     "No such file or directory"),
-    ([SFTP_WITHOUT_SECRETS, (("sources", 1, "private_key_passphrase_file"), "${SECRETS}")], b"x",
-     "sources[1].private_key_passphrase_file: cannot read ${SECRETS} (the path it makes is not shown): Is a directory"),
-    ([(("http", "token_file"), "${SECRETS}/token")], b"\n",
-     "http.token_file: ${SECRETS}/token (the path it makes is not shown) is empty"),
-    ([(("http", "token_file"), "${SECRETS}/token")], b"caf\xe9",
-     "http.token_file: ${SECRETS}/token (the path it makes is not shown) is not UTF-8 text"),
+    ([SFTP_WITHOUT_SECRETS, (("sources", 1, "private_key_passphrase_file"), "${CREDENTIALS}")], b"x",
+     "sources[1].private_key_passphrase_file: cannot read ${CREDENTIALS} (the path it makes is not shown): "
+     "Is a directory"),
+    # a path built with ${VAR}, as systemd's credentials are, is a path: shown
+    ([SFTP_WITHOUT_SECRETS, (("sources", 1, "password_file"), "${CREDENTIALS}/ftp")], None,
+     "sources[1].password_file: cannot read {folder}/ftp: No such file or directory"),
+    ([(("http", "token_file"), "${CREDENTIALS}/token")], b"\n", "http.token_file: {folder}/token is empty"),
+    ([(("http", "token_file"), "${CREDENTIALS}/token")], b"caf\xe9", "http.token_file: {folder}/token is not UTF-8 text"),
 ])
-def test_a_secret_file_path_from_the_environment_is_not_shown(tmp_path, edits, content, expected):
-    secret_folder = tmp_path / SECRET
+def test_a_secret_file_path_that_is_one_environment_variable_is_not_shown(tmp_path, edits, content, expected):
+    folder = tmp_path / "credentials"
     if content is not None:
-        secret_folder.mkdir()
-        (secret_folder / "token").write_bytes(content)
-    problems = problems_of(document(*edits), {"BRAZE_API_KEY": SECRET, "SECRETS": str(secret_folder)}, str(tmp_path))
-    assert problems == [expected]
+        folder.mkdir()
+        (folder / "token").write_bytes(content)
+    problems = problems_of(document(*edits), {"BRAZE_API_KEY": SECRET, "CREDENTIALS": str(folder)}, str(tmp_path))
+    assert problems == [expected.replace("{folder}", str(folder))]
     assert not [problem for problem in problems if SECRET in problem]
+
+
+def test_a_misspelt_secret_file_key_is_named_with_a_suggestion():
+    problems = problems_of(document((("braze", "api_key-file"), "/run/key")))
+    assert 'braze["api_key-file"]: unknown key (did you mean api_key_file?)' in problems
 
 
 def test_an_unusable_proxy_for_braze_is_a_config_problem_without_its_address(monkeypatch):
