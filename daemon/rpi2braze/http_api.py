@@ -179,6 +179,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile.close()   # the plain socket file; every read goes through the deadline instead
         self.rfile = io.BufferedReader(_RequestReader(self.connection))
 
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except ConnectionError:
+            if hasattr(self, "raw_requestline"):
+                raise   # broke off mid-request: handle_error says so
+            # closed before sending a byte: a load balancer's TCP check, nothing to report
+            log.debug("http_connection_closed_unused", client=self.client_address[0])
+
     def version_string(self) -> str:
         return "rpi2braze"   # no Python version for scanners to match against
 

@@ -407,3 +407,17 @@ def test_a_client_resetting_mid_request_is_one_log_line_and_no_traceback(limited
     assert answer.startswith(b"HTTP/1.0 200 ")
     assert "Traceback" not in capfd.readouterr().err
     assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["http_client_dropped"]
+
+
+def test_a_connection_reset_before_it_sent_anything_is_no_warning(limited_api, capfd):
+    # a load balancer's TCP health check: connect, then close with a reset
+    with capture_logs() as logs:
+        connection = socket.create_connection(("127.0.0.1", limited_api.port), timeout=GIVE_UP_SECONDS)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+        answer = answer_when_admitted(limited_api.port, HEALTHZ)
+        limited_api.stop()
+    assert answer.startswith(b"HTTP/1.0 200 ")
+    assert "Traceback" not in capfd.readouterr().err
+    assert [entry["event"] for entry in logs if entry["log_level"] != "debug"
+            and entry["event"].startswith("http_")] == []
