@@ -38,6 +38,7 @@ MAX_CHARS = normalize.MAX_STRING_CHARS
 MAX_ATTRIBUTES_BYTES = 100_000  # Braze: a nested object is at most 100 KB
 PREPENDED = (CONTACT_IDS, CHANNEL_EXEC_IDS)  # RPI writes these, maybe unnamed, before the rest
 PREPENDED_NAMES = ("RPContactID", "ChannelExecutionID")   # their names in RPI's Offer History
+UNNAMED = ""   # the target of a column after the header's last name
 
 Convert = Callable[[str], object]
 
@@ -75,6 +76,7 @@ class Layout:
     scalars: tuple[tuple[int, str, Convert | None, dict | None], ...]  # standard fields but id, phone
     arrays: tuple[tuple[int, str], ...]                      # {"add": [value]} fields
     attributes: tuple[tuple[int, str, Convert | None], ...]  # keys of rpi_cdp_attributes
+    unnamed: tuple[int, ...] = ()   # columns after the last name (a trailing delimiter): must stay empty
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings, row_width: i
     decided once per file, so one ragged row cannot move a row's values to other fields.
 
     Raise BadFileError, quoting the header, if no column is the external_id, two columns map to
-    the same target, or a header cell is empty (other than RPI's two prepended columns).
+    the same target, or a header cell is empty (other than RPI's two prepended columns, and the
+    cells after the last name, which a trailing delimiter leaves: their values must be empty).
     Raise ConfigError if `mapping` names a target or type that does not exist.
     `mapping.types` applies to the columns that become rpi_cdp_attributes keys.
     """
@@ -154,6 +157,9 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
         raise RowRejected(f"row has no external_id (column {layout.id_index + 1} is empty)")
     if len(identifier) > _SHORT_ID_CHARS:
         normalize.external_id(identifier)  # raises: too long
+    for index in layout.unnamed:
+        if values[index].strip():
+            raise RowRejected(f"row has a value in column {index + 1}, which the header leaves unnamed")
     result = {"external_id": identifier, "_update_existing_only": mode is _APPEND}
     for index, field, convert, memo in layout.scalars:
         if value := values[index].strip():
@@ -243,9 +249,13 @@ def _targets(names: tuple[str, ...], fields: dict[str, str],
     columns = []
     taken: dict[str, int] = {}
     unnamed_prepended = positional and names[:2] == ("", "")
+    last_named = max((index for index, name in enumerate(names) if name), default=-1)
     for index, name in enumerate(names):
         if unnamed_prepended and index < 2:
             target = PREPENDED[index]
+        elif index > last_named:
+            columns.append((index, UNNAMED, name))
+            continue
         elif not name:
             raise BadFileError(f"column {index + 1} has no name in the header {_quoted(names)}")
         else:
@@ -265,10 +275,12 @@ def _targets(names: tuple[str, ...], fields: dict[str, str],
 
 def _layout(columns: list[tuple[int, str, str]], types: dict[str, str]) -> Layout:
     """The layout of rows with one value per column (a row is as wide as `columns` is long)."""
-    scalars, arrays, attributes = [], [], []
+    scalars, arrays, attributes, unnamed = [], [], [], []
     id_index, phone_index = -1, None
     for index, target, name in columns:
-        if target == "external_id":
+        if target == UNNAMED:
+            unnamed.append(index)
+        elif target == "external_id":
             id_index = index
         elif target == "phone":
             phone_index = index
@@ -280,7 +292,8 @@ def _layout(columns: list[tuple[int, str, str]], types: dict[str, str]) -> Layou
             key = target.removeprefix(ATTRIBUTES + ".")
             column_type = types.get(normalize.header_key(name), "string")
             attributes.append((index, key, _attribute_converter(key, name, column_type)))
-    return Layout(len(columns), id_index, phone_index, tuple(scalars), tuple(arrays), tuple(attributes))
+    return Layout(len(columns), id_index, phone_index, tuple(scalars), tuple(arrays), tuple(attributes),
+                  tuple(unnamed))
 
 
 def _attribute_converter(key: str, name: str, column_type: str) -> Convert | None:

@@ -42,6 +42,9 @@ CASES = [
     ("row without an id", HEADER + GOOD + b",x@example.com,a\n", "delivered", 2, 1, "external_id"),
     ("bad email", HEADER + GOOD + b"bad-1,not-an-email,a\n", "delivered", 2, 1, "email"),
     ("value over 255 characters", HEADER + GOOD + b"bad-1,x@example.com," + b"z" * 256 + b"\n", "delivered", 2, 1, "255"),
+    # a trailing delimiter on every line: an unnamed last column, empty but in one row
+    ("trailing delimiter", b"external_id,email,Note,\nok-1,one@example.com,a,\nok-2,two@example.com,b,\n"
+     b"bad-1,x@example.com,c,oops\n", "delivered", 2, 1, "leaves unnamed"),
     # the quote runs to the end of the file: every row after it would be one rejected cell
     ("stray quote", HEADER + b'bad-1,x@example.com,"oops\n' + GOOD, "quarantined", 0, 0, "stray quote"),
 ]

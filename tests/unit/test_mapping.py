@@ -237,6 +237,14 @@ def test_two_columns_for_one_target_are_a_bad_file(header, words):
     assert words in str(caught.value)
 
 
+def test_columns_after_the_last_name_a_trailing_delimiter_leaves_must_stay_empty():
+    plan = plan_columns(("external_id", "Education", "", ""), MappingSettings())
+    row = map_row(plan, RawRow(2, ("u1", "PhD", "", " ")), "Offer", ChannelMode.UPSERT, "US")
+    assert row["rpi_cdp_attributes"] == {"education": "PhD"} and "" not in row
+    with pytest.raises(RowRejected, match="a value in column 4, which the header leaves unnamed"):
+        map_row(plan, RawRow(3, ("u2", "MSc", "", "x")), "Offer", ChannelMode.UPSERT, "US")
+
+
 @pytest.mark.parametrize("header", [
     ("external_id", "", "Education"), ("", "external_id"), ("", "", "", "external_id"),
 ])
