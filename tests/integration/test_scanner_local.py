@@ -15,16 +15,9 @@ from rpi2braze.scanner import MAX_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanne
 from rpi2braze.settings import DEFAULT_CHANNELS, SourceSettings
 from rpi2braze.sources.local import LocalSource
 from rpi2braze.state import StateStore
+from clocks import FakeClock
 
 UPSERT = "Braze Onboarding and Upsert"
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 class CountingSource(LocalSource):
@@ -48,7 +41,7 @@ def world(tmp_path):
     source = CountingSource(settings)
     state = StateStore(str(tmp_path / "state.db"))
     queued = []
-    clock = Clock()
+    clock = FakeClock()
     scanner = Scanner([(settings, source)], dict(DEFAULT_CHANNELS), state,
                       lambda folder, src, cfg: queued.append(folder), threading.Event(), clock)
     yield base, scanner, queued, clock, source, state
@@ -272,7 +265,7 @@ def test_data_written_into_an_archived_folders_place_after_delivery_is_warned_ab
         state.finish(key, status)      # a delivered folder was archived; a quarantined one may stay
         folder = drop(base, "1", name="RPI_Export_2.txt")
         os.utime(folder / "RPI_Export_2.txt", (1_999_999_000, 1_999_999_000))   # before it finished
-        queued, clock = [], Clock()
+        queued, clock = [], FakeClock()
         scanner = Scanner([(settings, LocalSource(settings, watch=False))], dict(DEFAULT_CHANNELS), state,
                           lambda folder, src, cfg: queued.append(folder), threading.Event(), clock)
         scanner.scan_due()
@@ -304,7 +297,7 @@ def test_a_source_that_fails_unexpectedly_does_not_hold_up_the_others(tmp_path, 
     with StateStore(str(tmp_path / "state.db")) as state:
         queued = []
         scanner = Scanner(sources, dict(DEFAULT_CHANNELS), state, lambda folder, src, cfg: queued.append(folder),
-                          threading.Event(), Clock())
+                          threading.Event(), FakeClock())
         scanner.scan_due()
     assert [folder.key.source for folder in queued] == ["drop"]
     assert "scan_failed" in capsys.readouterr().out
@@ -314,7 +307,7 @@ def test_a_source_a_reload_removed_leaves_health_and_metrics(tmp_path):
     def scanner_of(name):
         settings = SourceSettings(name=name, type="local", path=str(tmp_path / name))
         return Scanner([(settings, LocalSource(settings, watch=False))], dict(DEFAULT_CHANNELS), state,
-                       lambda *queued: None, threading.Event(), Clock())
+                       lambda *queued: None, threading.Event(), FakeClock())
 
     with StateStore(str(tmp_path / "state.db")) as state:
         scanner_of("old-name").scan_due()                   # its base folder does not exist: down

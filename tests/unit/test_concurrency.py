@@ -9,6 +9,7 @@ from rpi2braze.concurrency import (
     MIN_WINDOW_SECONDS, OUTAGE_SHOWN_SECONDS, AimdLimit, ConcurrencyGate, Outcome, initial_limit,
 )
 from rpi2braze.health import HEALTH
+from clocks import FakeClock
 
 ANSWERED, OVERLOAD, REFUSED = Outcome.ANSWERED, Outcome.OVERLOAD, Outcome.REFUSED
 
@@ -18,14 +19,6 @@ def braze_marked_up_afterwards():
     """A refused gate marks the process-wide health registry; leave it as it was found."""
     yield
     HEALTH.mark("braze", True)
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def window(aimd: AimdLimit, clock: FakeClock, rtt: float = 0.1, outcomes=(ANSWERED,) * 4, full: bool = True) -> int:

@@ -7,6 +7,7 @@ import pytest
 import structlog
 
 from rpi2braze import log
+from clocks import FakeClock
 
 
 @pytest.fixture(autouse=True)
@@ -44,16 +45,8 @@ def test_undecodable_bytes_in_a_value_are_written_escaped_not_lost(tmp_path, fmt
         assert "Caf\\udce9" in line and "a\\\\udcff.txt" in line and "Zürich" in line
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_throttle_lets_one_line_per_key_through_each_interval_and_counts_the_rest():
-    clock = FakeClock()
+    clock = FakeClock(100.0)
     throttle = log.Throttle(10.0, clock)
     assert throttle.admit(429) == 0
     assert [throttle.admit(429) for _ in range(3)] == [None, None, None]

@@ -6,14 +6,7 @@ import time
 import pytest
 
 from rpi2braze.ratelimit import RateLimiter
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 500.0
-
-    def __call__(self):
-        return self.now
+from clocks import FakeClock
 
 
 def test_never_more_than_n_grants_in_any_window():
@@ -40,7 +33,7 @@ def test_never_more_than_n_grants_in_any_window():
 
 
 def test_grants_are_numbered_in_order():
-    limiter = RateLimiter(requests=10, per_seconds=1, clock=FakeClock())
+    limiter = RateLimiter(requests=10, per_seconds=1, clock=FakeClock(500.0))
     assert [limiter.acquire().sequence for _ in range(3)] == [1, 2, 3]
 
 
@@ -59,7 +52,7 @@ def test_pause_holds_every_caller():
 
 
 def test_braze_budget_takes_off_every_request_still_outstanding():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     limiter = RateLimiter(requests=100, per_seconds=1, clock=clock)
     answered, _, _ = limiter.acquire(), limiter.acquire(), limiter.acquire()
     limiter.release(answered, remaining=3, reset_seconds=2)
@@ -73,19 +66,19 @@ def test_braze_budget_takes_off_every_request_still_outstanding():
 
 @pytest.mark.parametrize("remaining, reset_seconds", [(None, 5), (0, None), (None, None)])
 def test_without_both_headers_nothing_changes(remaining, reset_seconds):
-    limiter = RateLimiter(requests=100, per_seconds=1, clock=FakeClock())
+    limiter = RateLimiter(requests=100, per_seconds=1, clock=FakeClock(500.0))
     limiter.release(limiter.acquire(), remaining, reset_seconds)
     assert limiter.paused_for == 0
 
 
 def test_nothing_remaining_pauses_until_the_reset():
-    limiter = RateLimiter(requests=100, per_seconds=1, clock=FakeClock())
+    limiter = RateLimiter(requests=100, per_seconds=1, clock=FakeClock(500.0))
     limiter.release(limiter.acquire(), remaining=0, reset_seconds=10)
     assert limiter.paused_for == pytest.approx(10)
 
 
 def test_within_one_window_the_lowest_count_and_the_earliest_reset_hold():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     limiter = RateLimiter(requests=100, per_seconds=1, clock=clock)
     first, second, third = limiter.acquire(), limiter.acquire(), limiter.acquire()
     limiter.release(second, remaining=4, reset_seconds=3)          # 4 - 2 outstanding = 2 left
@@ -97,7 +90,7 @@ def test_within_one_window_the_lowest_count_and_the_earliest_reset_hold():
 
 
 def test_a_newer_window_replaces_the_budget_and_an_older_one_is_ignored():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     limiter = RateLimiter(requests=100, per_seconds=1, clock=clock)
     grants = [limiter.acquire() for _ in range(3)]
     limiter.release(grants[0], remaining=0, reset_seconds=3)
@@ -122,7 +115,7 @@ def test_stop_event_releases_waiting_callers():
 
 
 def test_a_request_counts_until_a_window_after_its_answer():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     limiter = RateLimiter(requests=2, per_seconds=1.0, clock=clock)
     first, second = limiter.acquire(), limiter.acquire()
     clock.now += 5.0                       # still in flight: they may reach Braze at any moment
@@ -135,9 +128,8 @@ def test_a_request_counts_until_a_window_after_its_answer():
     assert limiter._delay(clock.now) <= 0  # noqa: SLF001
 
 
-
 def test_a_successor_counts_the_requests_of_the_limiter_it_replaces():
-    clock = FakeClock()
+    clock = FakeClock(500.0)
     limiter = RateLimiter(requests=3, per_seconds=1.0, clock=clock)
     answered, _ = limiter.acquire(), limiter.acquire()
     limiter.release(answered)
@@ -153,6 +145,6 @@ def test_a_successor_counts_the_requests_of_the_limiter_it_replaces():
     (lambda limiter: limiter.release(limiter.acquire(), remaining=0, reset_seconds=30), 30),   # Braze's budget
 ])
 def test_a_successor_keeps_what_braze_said(learn, paused_for):
-    limiter = RateLimiter(requests=100, per_seconds=1.0, clock=FakeClock())
+    limiter = RateLimiter(requests=100, per_seconds=1.0, clock=FakeClock(500.0))
     learn(limiter)
     assert limiter.successor(100, 1.0).paused_for == pytest.approx(paused_for)

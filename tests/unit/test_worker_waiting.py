@@ -11,22 +11,15 @@ from rpi2braze.health import HEALTH
 from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey
 from rpi2braze.state import StateStore
 from rpi2braze.worker import FolderDelivery
+from clocks import FakeClock
 
 KEY = WorkflowKey("drop", "Braze Onboarding and Upsert", "Offer", "42")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
 def waiting(tmp_path, monkeypatch):
     """A delivery whose batches wait on a gate; both run on one fake clock."""
-    clock = Clock()
+    clock = FakeClock()
     monkeypatch.setattr(worker, "time", SimpleNamespace(monotonic=clock))   # worker's clock only
     gate = ConcurrencyGate(4, clock=clock, initial=2)
     state = StateStore(str(tmp_path / "state.db"))
