@@ -8,7 +8,6 @@ import time
 import pytest
 
 from rpi2braze import metrics
-from rpi2braze.errors import SourceError
 from rpi2braze.health import HEALTH
 from rpi2braze.model import ChannelMode, WorkflowKey, WorkflowStatus
 from rpi2braze.scanner import MAX_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
