@@ -134,5 +134,5 @@ class Engine:
         finally:
             with self._count_lock:
                 self._in_progress -= 1
-            # another process delivering it is no failure of the folder's: no longer wait for it
+            # another process delivering it is no failure of the folder's: looked at again after the first delay
             self.scanner.release(folder.key, status, failed=not delivery.busy_elsewhere)
