@@ -91,17 +91,22 @@ def _country_code(value: str) -> str | None:
     key = _fold(value)
     if key.isdigit():
         key = str(int(key))
-    return _country_index().get(key) or _COUNTRY_ALIASES.get(key) or _translated_country_names().get(key)
+    return _country_index().get(key) or _COUNTRY_ALIASES.get(key)
 
 
 @lru_cache(maxsize=1)
 def _country_index() -> dict[str, str]:
-    """Every code and English name of every country, `_fold`ed, to its alpha-2 code."""
+    """Every code and English name of every country, `_fold`ed, to its alpha-2 code; then its
+    names in the languages pycountry translates them to ("Deutschland", "España"), where such a
+    name means one country only and no English name or alias."""
     index = {}
     for entry in pycountry.countries:
         for name in _english_names(entry) + (entry.alpha_2, entry.alpha_3):
             index[_fold(name)] = entry.alpha_2
         index[str(int(entry.numeric))] = entry.alpha_2
+    for key, code in _translated_country_names().items():
+        if code and key not in index and key not in _COUNTRY_ALIASES:
+            index[key] = code
     return index
 
 
@@ -109,12 +114,10 @@ def _english_names(entry) -> tuple[str, ...]:
     return tuple(filter(None, (entry.name, getattr(entry, "official_name", ""), getattr(entry, "common_name", ""))))
 
 
-@lru_cache(maxsize=1)
 def _translated_country_names() -> dict[str, str]:
-    """`_fold`ed country names in each language pycountry has ("Deutschland", "España") to the
-    alpha-2 code they name, "" (none) for a name of several countries; names in other scripts
-    fold to nothing and are left out. Read at the first name that is no English one (~0.8 s CPU,
-    once per process), so exports with English names or codes never pay for it."""
+    """`_fold`ed country names in each language pycountry has (~0.8 s, once per process) to the
+    alpha-2 code they name, "" for a name of several countries; names in other scripts fold to
+    nothing and are left out."""
     names: dict[str, str] = {}
     for language in sorted(os.listdir(pycountry.LOCALES_DIR)):
         catalog = os.path.join(pycountry.LOCALES_DIR, language, "LC_MESSAGES", "iso3166-1.mo")
