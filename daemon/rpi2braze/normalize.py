@@ -104,9 +104,9 @@ def _country_index() -> dict[str, str]:
         for name in _english_names(entry) + (entry.alpha_2, entry.alpha_3):
             index[_fold(name)] = entry.alpha_2
         index[str(int(entry.numeric))] = entry.alpha_2
-    for key, code in _translated_country_names().items():
-        if code and key not in index and key not in _COUNTRY_ALIASES:
-            index[key] = code
+    for key, codes in _translated_country_names().items():
+        if len(codes) == 1 and key not in index and key not in _COUNTRY_ALIASES:
+            index[key] = codes.pop()
     return index
 
 
@@ -114,22 +114,19 @@ def _english_names(entry) -> tuple[str, ...]:
     return tuple(filter(None, (entry.name, getattr(entry, "official_name", ""), getattr(entry, "common_name", ""))))
 
 
-def _translated_country_names() -> dict[str, str]:
-    """`_fold`ed country names in each language pycountry has (~0.8 s, once per process) to the
-    alpha-2 code they name, "" for a name of several countries; names in other scripts fold to
-    nothing and are left out."""
-    names: dict[str, str] = {}
+def _translated_country_names() -> dict[str, set[str]]:
+    """`_fold`ed country names in each language pycountry has (~0.7 s, once per process) to the
+    alpha-2 codes they name; names in other scripts fold to nothing and are left out."""
+    names: dict[str, set[str]] = {}
     for language in sorted(os.listdir(pycountry.LOCALES_DIR)):
-        catalog = os.path.join(pycountry.LOCALES_DIR, language, "LC_MESSAGES", "iso3166-1.mo")
-        try:   # read once, not through gettext.translation, which would keep every catalog
-            with open(catalog, "rb") as stream:
-                translation = gettext.GNUTranslations(stream)
+        try:
+            translation = gettext.translation("iso3166-1", pycountry.LOCALES_DIR, languages=[language])
         except OSError:   # a language without country names
             continue
         for entry in pycountry.countries:
             for name in _english_names(entry):
                 if key := _fold(translation.gettext(name)):
-                    names[key] = entry.alpha_2 if names.get(key, entry.alpha_2) == entry.alpha_2 else ""
+                    names.setdefault(key, set()).add(entry.alpha_2)
     return names
 
 
