@@ -8,8 +8,6 @@ Formats and limits: reference/braze-users-track.md §4-§5.
 
 from __future__ import annotations
 
-import gettext
-import os
 import re
 import unicodedata
 from datetime import date, datetime
@@ -96,38 +94,15 @@ def _country_code(value: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def _country_index() -> dict[str, str]:
-    """Every code and English name of every country, `_fold`ed, to its alpha-2 code; then its
-    names in the languages pycountry translates them to ("Deutschland", "España"), where such a
-    name means one country only and no English name or alias."""
+    """Every code and English name of every country, `_fold`ed, to its alpha-2 code."""
     index = {}
     for entry in pycountry.countries:
-        for name in _english_names(entry) + (entry.alpha_2, entry.alpha_3):
+        names = (entry.alpha_2, entry.alpha_3, entry.name,
+                 getattr(entry, "official_name", ""), getattr(entry, "common_name", ""))
+        for name in filter(None, names):
             index[_fold(name)] = entry.alpha_2
         index[str(int(entry.numeric))] = entry.alpha_2
-    for key, codes in _translated_country_names().items():
-        if len(codes) == 1 and key not in index and key not in _COUNTRY_ALIASES:
-            index[key] = codes.pop()
     return index
-
-
-def _english_names(entry) -> tuple[str, ...]:
-    return tuple(filter(None, (entry.name, getattr(entry, "official_name", ""), getattr(entry, "common_name", ""))))
-
-
-def _translated_country_names() -> dict[str, set[str]]:
-    """`_fold`ed country names in each language pycountry has (~0.7 s, once per process) to the
-    alpha-2 codes they name; names in other scripts fold to nothing and are left out."""
-    names: dict[str, set[str]] = {}
-    for language in sorted(os.listdir(pycountry.LOCALES_DIR)):
-        try:
-            translation = gettext.translation("iso3166-1", pycountry.LOCALES_DIR, languages=[language])
-        except OSError:   # a language without country names
-            continue
-        for entry in pycountry.countries:
-            for name in _english_names(entry):
-                if key := _fold(translation.gettext(name)):
-                    names.setdefault(key, set()).add(entry.alpha_2)
-    return names
 
 
 def _fold(text: str) -> str:

