@@ -80,14 +80,15 @@ def read_table(stream: BinaryIO, reading: ReadingSettings, file_name: str = "") 
     raw = _PrefixedRaw(head, stream, label, encoding)
     text = io.TextIOWrapper(io.BufferedReader(raw, buffer_size=BUFFER_BYTES),
                             encoding=encoding, errors="surrogateescape", newline="")
-    lines = _bounded_lines(text)
+    last_line = [""]   # the line the csv reader took last: the end of a record over several lines
+    lines = _bounded_lines(text, last_line)
     lines_before, header_line = _find_header_line(lines, reading.skip_lines, encoding, label)
     quoted = reading.quoting != "none"
     delimiter = _sniff_delimiter(header_line, quoted) if reading.delimiter == "auto" else reading.delimiter
     reader = csv.reader(itertools.chain([header_line], lines), delimiter=delimiter,
                         quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
     header = _read_header(reader, encoding, label)
-    rows = _records(reader, raw, header, lines_before, encoding, file_name)
+    rows = _records(reader, raw, header, lines_before, encoding, file_name, last_line)
     return Table(header=header, rows=rows, delimiter=delimiter, encoding=encoding)
 
 
@@ -184,8 +185,9 @@ def _looks_like_utf16(head: bytes) -> bool:
     return pairs > 0 and many * 5 >= pairs * 2 and few * 10 <= many
 
 
-def _bounded_lines(text: io.TextIOWrapper) -> Iterator[str]:
-    """Yield the lines of `text`; raise csv.Error at a line longer than LINE_LIMIT characters.
+def _bounded_lines(text: io.TextIOWrapper, last: list[str]) -> Iterator[str]:
+    """Yield the lines of `text`, each also put in last[0]; raise csv.Error at a line longer
+    than LINE_LIMIT characters.
 
     Iterating a TextIOWrapper directly would hold a whole line in memory, however long: a
     file without line breaks would be read at once.
@@ -194,6 +196,7 @@ def _bounded_lines(text: io.TextIOWrapper) -> Iterator[str]:
     while line := readline(LINE_LIMIT):
         if len(line) == LINE_LIMIT and line[-1] not in "\r\n":
             raise csv.Error(f"a line is longer than {LINE_LIMIT} characters")
+        last[0] = line
         yield line
 
 
@@ -244,7 +247,7 @@ def _read_header(reader, encoding: str, label: str) -> tuple[str, ...]:
 
 
 def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: int, encoding: str,
-             file_name: str) -> Iterator[RawRow]:
+             file_name: str, last_line: list[str]) -> Iterator[RawRow]:
     """Yield each record after the header as a RawRow; blank lines are not records.
 
     A record the csv module or the codec cannot read ends the file: raise BadFileError, so the
@@ -252,14 +255,13 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
     rest of its rows (the rows before it are already yielded).
     """
     consumed = reader.line_num
-    widths = (len(header), len(header) + 2)   # + RPI's two unnamed IDs
     try:
         for values in reader:
             start = lines_before + consumed + 1
             previous, consumed = consumed, reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
-            if consumed - previous > 1 and _looks_broken(values, widths) and (
+            if consumed - previous > 1 and not _closes_cleanly(last_line[0], reader.dialect.delimiter) and (
                     problem := _runaway_quote(values, reader.dialect.delimiter, len(header), start)):
                 raise BadFileError(f"{file_name or 'export'}: {problem}")
             if raw.suspect and (problem := _row_problem(values, header, start, encoding)):
@@ -271,17 +273,22 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
         raise BadFileError(f"{file_name or 'export'}: unreadable from line {start}: {error}") from None
 
 
-def _looks_broken(values: list[str], widths: tuple[int, ...]) -> bool:
-    """True for a record over several lines that is not as wide as the file's rows, or whose last
-    value ends with a line break (a quote still open at the end of the file): a quoted field over
-    lines in a well-formed record is never suspected, whatever it holds."""
-    return len(values) not in widths or values[-1].endswith(("\n", "\r"))
+def _closes_cleanly(last_line: str, delimiter: str) -> bool:
+    """Given the last line of a record over several lines, which starts inside the quoted field
+    its earlier lines opened: True if that field's closing quote (the first that is not one of a
+    "" pair) is followed by a delimiter or the line's end, as in a well-formed record. False if
+    there is none (the quote ran to the end of the file) or text follows it (`Jim "JJ" Jones`,
+    `"Austin`), which the lenient csv module reads on into the same value."""
+    index = last_line.find('"')
+    while index != -1 and last_line.startswith('""', index):
+        index = last_line.find('"', index + 2)
+    return index != -1 and last_line[index + 1:index + 2] in (delimiter, "\r", "\n", "")
 
 
 def _runaway_quote(values: list[str], delimiter: str, width: int, start: int) -> str | None:
     """Given a broken record spanning several lines, describe the stray quote it looks like: a
     quoted field holding a line with a whole row's delimiters (at least two), which the file's
-    quoting joined into one value. None if no field does (an address over two lines)."""
+    quoting joined into one value. None if no field does (a sloppy but harmless `5'11"`)."""
     for value in values:
         lines = value.splitlines()
         for offset, line in enumerate(lines[1:], 1):

@@ -132,6 +132,10 @@ def test_quoted_fields_keep_delimiters_quotes_and_newlines_and_lines_stay_right(
     (b'id,name,city\nu1,"Ann,Boston\nu2,Bob,Reno\nu3,Cy,"Austin\nu4,Di,Lima\n', 2, 3),
     # in the last column the record keeps the header's width: only its value shows the rows in it
     (b'id,name,city\nu1,Ann,"Boston\nu2,Bob,Reno\nu3,Cy,Austin\n', 2, 3),
+    (b'id,name,city\nu1,Ann,"Boston\nu2,Bob,Reno\nu3,Cy,Austin', 2, 3),              # no final line break
+    (b'id,name,city\r\nu1,Ann,"Boston\r\nu2,Bob,Reno\r\nu3,Cy,Austin\r\n', 2, 3),
+    # closed inside a later field, which the lenient csv module reads on as text: as wide as a row
+    (b'id,name,city\nu1,"Ann,Boston\nu2,Bob,Reno\nu3,Jim "JJ" Jones,Austin\n', 2, 3),
 ])
 def test_a_stray_quote_that_would_swallow_rows_ends_the_file_with_where_and_how_to_fix_it(data, line, row_line):
     table = read_table(io.BytesIO(data), AUTO, "RPI_Export_1.txt")
@@ -147,6 +151,9 @@ def test_a_stray_quote_that_would_swallow_rows_ends_the_file_with_where_and_how_
     b'id,note\nu1,"a, b\nc, d"\n',                                  # one delimiter a line: prose
     b'id,name,note\nu1,Ann,"called, left a message\nagain, no answer"\n',   # fewer than a row has
     b'id,address,city\nu1,"12 Main St\nSuite 5, Springfield, IL 62701",Boston\n',   # a row's worth, well formed
+    b'id,address,city\nu1,"12 Main St\nSuite 5, Springfield, IL 62701",Boston,extra\n',   # and ragged: one bad row
+    b'id,name,note\nu1,Ann,"Called:\nleft msg, no answer, retry\n"\n',   # a note ending with a line break
+    b'id,name,note\nu1,Ann,"said ""hi, there, you""\nand, then, left"\n',   # escaped quotes
 ])
 def test_quoted_line_breaks_that_do_not_swallow_rows_are_read(data):
     _, rows = read(data)
