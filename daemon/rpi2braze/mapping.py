@@ -108,6 +108,8 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings, row_width: i
     fields = _configured(mapping.fields, TARGETS, "fields")
     types = _configured(mapping.types, COLUMN_TYPES, "types")
     names = tuple(cell.strip() for cell in header)
+    if row_width is not None and row_width < len(names) and not any(names[row_width:]):
+        names = names[:row_width]   # a trailing delimiter on the header line only
     columns = _targets(names, fields, mapping.prepended_columns == "auto")
     if "external_id" not in {target for _, target, _ in columns}:
         raise BadFileError(f"no external_id column in the header {_quoted(names)}")
@@ -122,7 +124,9 @@ def plan_columns(header: tuple[str, ...], mapping: MappingSettings, row_width: i
 
 
 def named_header(header: tuple[str, ...], plan: ColumnPlan) -> tuple[str, ...]:
-    """The header naming every value of the plan's rows: RPI's two IDs first when they come unnamed."""
+    """The header naming every value of the plan's rows: RPI's two IDs first when they come
+    unnamed; without unnamed cells a trailing delimiter left on the header line only."""
+    header = header[:len(plan.header)]
     return (*PREPENDED_NAMES, *header) if plan.shifted else header
 
 

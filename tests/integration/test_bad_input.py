@@ -45,6 +45,8 @@ CASES = [
     # a trailing delimiter on every line: an unnamed last column, empty but in one row
     ("trailing delimiter", b"external_id,email,Note,\nok-1,one@example.com,a,\nok-2,two@example.com,b,\n"
      b"bad-1,x@example.com,c,oops\n", "delivered", 2, 1, "leaves unnamed"),
+    ("trailing delimiter on the header only", b"external_id,email,Note,\nok-1,one@example.com,a\n"
+     b"ok-2,two@example.com,b\nbad-1,not-an-email,c\n", "delivered", 2, 1, "email"),
     # the quote runs to the end of the file: every row after it would be one rejected cell
     ("stray quote", HEADER + b'bad-1,x@example.com,"oops\n' + GOOD, "quarantined", 0, 0, "stray quote"),
 ]

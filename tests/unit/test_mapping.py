@@ -6,7 +6,7 @@ import pytest
 from rpi2braze import mapping as mapping_module
 from rpi2braze.batcher import merge_objects
 from rpi2braze.errors import BadFileError, ConfigError, RowRejected
-from rpi2braze.mapping import map_row, most_common_width, plan_columns
+from rpi2braze.mapping import map_row, most_common_width, named_header, plan_columns
 from rpi2braze.model import ChannelMode, RawRow
 from rpi2braze.settings import MappingSettings
 
@@ -235,6 +235,14 @@ def test_two_columns_for_one_target_are_a_bad_file(header, words):
     with pytest.raises(BadFileError, match="header") as caught:
         plan_columns(header, MappingSettings())
     assert words in str(caught.value)
+
+
+def test_a_trailing_delimiter_on_the_header_line_only_leaves_no_column():
+    header = ("external_id", "Education", "")
+    plan = plan_columns(header, MappingSettings(), row_width=2)
+    assert plan.layout.width == 2 and named_header(header, plan) == ("external_id", "Education")
+    row = map_row(plan, RawRow(2, ("u1", "PhD")), "Offer", ChannelMode.UPSERT, "US")
+    assert row["rpi_cdp_attributes"] == {"education": "PhD"}
 
 
 def test_columns_after_the_last_name_a_trailing_delimiter_leaves_must_stay_empty():
