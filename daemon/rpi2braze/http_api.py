@@ -154,6 +154,7 @@ class _RequestReader(io.RawIOBase):
         self._connection = connection
         self._deadline = time.monotonic() + REQUEST_DEADLINE_SECONDS
         self._bytes_left = MAX_REQUEST_BYTES
+        self.received = 0
 
     def readable(self) -> bool:
         return True
@@ -167,6 +168,7 @@ class _RequestReader(io.RawIOBase):
         self._connection.settimeout(min(remaining, SOCKET_TIMEOUT_SECONDS))
         received = self._connection.recv_into(buffer, min(len(buffer), self._bytes_left))
         self._bytes_left -= received
+        self.received += received
         return received
 
 
@@ -177,13 +179,14 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.rfile.close()   # the plain socket file; every read goes through the deadline instead
-        self.rfile = io.BufferedReader(_RequestReader(self.connection))
+        self._request_reader = _RequestReader(self.connection)
+        self.rfile = io.BufferedReader(self._request_reader)
 
     def handle(self) -> None:
         try:
             super().handle()
         except ConnectionError:
-            if hasattr(self, "raw_requestline"):
+            if self._request_reader.received:
                 raise   # broke off mid-request: handle_error says so
             # closed before sending a byte: a load balancer's TCP check, nothing to report
             log.debug("http_connection_closed_unused", client=self.client_address[0])
