@@ -409,28 +409,19 @@ def test_a_client_resetting_mid_request_is_one_log_line_and_no_traceback(limited
     assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["http_client_dropped"]
 
 
-def test_a_connection_reset_before_it_sent_anything_is_no_warning(limited_api, capfd):
-    # a load balancer's TCP health check: connect, then close with a reset
+@pytest.mark.parametrize("sent, warnings", [
+    (b"", []),                                   # a load balancer's TCP check: connect, then reset
+    (b"GET /hea", ["http_client_dropped"]),      # a client that broke off mid-request
+], ids=["nothing-sent", "part-of-a-request-line"])
+def test_a_connection_reset_is_a_dropped_client_once_it_sent_a_byte(limited_api, capfd, sent, warnings):
     with capture_logs() as logs:
         connection = socket.create_connection(("127.0.0.1", limited_api.port), timeout=GIVE_UP_SECONDS)
+        connection.sendall(sent)
         connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         connection.close()
         answer = answer_when_admitted(limited_api.port, HEALTHZ)
         limited_api.stop()
     assert answer.startswith(b"HTTP/1.0 200 ")
     assert "Traceback" not in capfd.readouterr().err
-    assert [entry["event"] for entry in logs if entry["log_level"] != "debug"
-            and entry["event"].startswith("http_")] == []
-
-
-def test_a_connection_reset_after_part_of_a_request_line_is_a_dropped_client(limited_api, capfd):
-    with capture_logs() as logs:
-        connection = socket.create_connection(("127.0.0.1", limited_api.port), timeout=GIVE_UP_SECONDS)
-        connection.sendall(b"GET /hea")
-        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        connection.close()
-        answer = answer_when_admitted(limited_api.port, HEALTHZ)
-        limited_api.stop()
-    assert answer.startswith(b"HTTP/1.0 200 ")
-    assert "Traceback" not in capfd.readouterr().err
-    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["http_client_dropped"]
+    assert [entry["event"] for entry in logs if entry["log_level"] != "debug" and entry["event"].startswith("http_")] \
+        == warnings
