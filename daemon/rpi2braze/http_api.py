@@ -141,9 +141,8 @@ class _Server(ThreadingHTTPServer):
 
     def warn_throttled(self, event: str, **context: Any) -> None:
         """Log `event` unless one with the same `detail` went out in the last LOG_THROTTLE_SECONDS;
-        the next one let through says how many were held back."""
-        if (held_back := self._log_throttle.admit((event, context.get("detail")))) is not None:
-            log.warning(event, **context, held_back=held_back)
+        the next one let through says how many were held back (`similar_since_last`)."""
+        self._log_throttle.log(log.warning, event, (event, context.get("detail")), **context)
 
 
 class _RequestReader(io.RawIOBase):

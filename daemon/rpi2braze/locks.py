@@ -89,8 +89,7 @@ class _LockFile:
 
 
     def _unusable(self, reason: str) -> None:
-        if (held_back := _UNUSABLE_LOG.admit(self.path)) is not None:
-            log.error("workflow_lock_file_unusable", path=self.path, reason=reason, similar_since_last=held_back)
+        _UNUSABLE_LOG.log(log.error, "workflow_lock_file_unusable", self.path, path=self.path, reason=reason)
 
 
 _UNUSABLE_LOG = Throttle(60.0)

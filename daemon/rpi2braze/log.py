@@ -91,3 +91,12 @@ class Throttle:
                 return None
             self._last[key] = now
             return self._held.pop(key, 0)
+
+    def log(self, method: Callable[..., object], event: str, key: Hashable, **fields: object) -> bool:
+        """Log `event` through `method` (log.warning, log.error) with `similar_since_last`, the
+        lines of `key` held back before it, if `admit(key)` lets it through; return whether it did."""
+        held_back = self.admit(key)
+        if held_back is None:
+            return False
+        method(event, **fields, similar_since_last=held_back)
+        return True

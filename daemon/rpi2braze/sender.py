@@ -196,11 +196,8 @@ def _log_retry(error: RetryableDeliveryError, attempt: int, delay: float) -> Non
     """One `batch_retry` warning per kind of failure every RETRY_LOG_SECONDS (a 429 storm or an
     outage fails every request), with how many retries it stands for; the others at debug level."""
     fields = dict(status=error.status, attempt=attempt, delay=round(delay, 2), error=str(error))
-    held_back = _RETRY_LOG.admit(error.status)
-    if held_back is None:
+    if not _RETRY_LOG.log(log.warning, "batch_retry", error.status, **fields):
         log.debug("batch_retry", **fields)
-    else:
-        log.warning("batch_retry", **fields, similar_since_last=held_back)
 
 
 @dataclass
