@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", parents=[config_option], help="re-queue a failed or quarantined workflow")
     retry.add_argument("workflow_id")
     retry.add_argument("--force", action="store_true", help="also re-send a workflow that was delivered")
+    resend = commands.add_parser("resend", parents=[config_option],
+                                 help="deliver the rows of a dead-letter file, fixed by hand, and exit")
+    resend.add_argument("file", metavar="FILE", help="a dead-letter CSV that `status` names, under its own name")
     sandbox = commands.add_parser("sandbox", help="a local Braze stand-in for demos and tests")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=4010)
@@ -95,6 +98,14 @@ def command_process(arguments: argparse.Namespace) -> int:
     _configure_logging(settings, interactive=True)
     tuning.tune_garbage_collector()
     return process_folders(settings, arguments.folders)
+
+
+def command_resend(arguments: argparse.Namespace) -> int:
+    from rpi2braze.resend import resend_file
+    settings = _settings(arguments)
+    _configure_logging(settings, interactive=True)
+    tuning.tune_garbage_collector()
+    return resend_file(settings, arguments.file)
 
 
 def command_check_config(arguments: argparse.Namespace) -> int:
@@ -193,5 +204,6 @@ COMMANDS = {
     "check-config": command_check_config,
     "status": command_status,
     "retry": command_retry,
+    "resend": command_resend,
     "sandbox": command_sandbox,
 }

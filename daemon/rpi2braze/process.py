@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from dataclasses import replace
+from typing import Callable
 
 from rpi2braze.errors import Rpi2BrazeError, SourceError
 from rpi2braze.files import data_files
@@ -18,6 +19,8 @@ from rpi2braze.sources.local import LocalSource
 from rpi2braze.worker import FolderDelivery
 
 AD_HOC_SOURCE = "local"
+
+Resolve = Callable[[str], tuple[ExportFolder, LocalSource, SourceSettings]]
 
 
 def source_for(settings: Settings, base: str) -> SourceSettings:
@@ -51,10 +54,13 @@ def resolve_folder(settings: Settings, path: str) -> tuple[ExportFolder, LocalSo
     return ExportFolder(key, settings.channels[channel], files, folder_path), source, source_settings
 
 
-def process_folders(settings: Settings, paths: list[str]) -> int:
+def process_folders(settings: Settings, paths: list[str], resolve: Resolve | None = None) -> int:
     """Deliver each folder; return 0 if every one is delivered (now or before), 1 otherwise, and
     128 + the signal's number after SIGINT or SIGTERM: batches in flight finish and are recorded,
-    the folder is left pending, and no further folder is started. A second signal ends it at once."""
+    the folder is left pending, and no further folder is started. A second signal ends it at once.
+    `resolve` turns a path into (folder, source, source settings), raising Rpi2BrazeError if it
+    cannot; by default resolve_folder, noting a folder outside every configured source."""
+    resolve = resolve or (lambda path: _resolve_noting(settings, path))
     stop = threading.Event()
     received: list[int] = []
     previous = {signum: signal.signal(signum, _stopper(stop, received)) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -64,7 +70,7 @@ def process_folders(settings: Settings, paths: list[str]) -> int:
         for path in paths:
             if stop.is_set():
                 break
-            failures += not _process_one(settings, pipeline, path)
+            failures += not _process_one(pipeline, path, resolve)
     finally:
         pipeline.close()
         for signum, handler in previous.items():
@@ -87,15 +93,20 @@ def _stopper(stop: threading.Event, received: list[int]):
     return handle
 
 
-def _process_one(settings: Settings, pipeline: Pipeline, path: str) -> bool:
-    try:
-        folder, source, source_settings = resolve_folder(settings, path)
-    except Rpi2BrazeError as error:
-        print(f"rpi2braze: {error}", file=sys.stderr)
-        return False
+def _resolve_noting(settings: Settings, path: str) -> tuple[ExportFolder, LocalSource, SourceSettings]:
+    folder, source, source_settings = resolve_folder(settings, path)
     if source_settings not in settings.sources:
         print(f"note: {folder.location} is not below a configured local or poll source: read with the default "
               f"reading settings, recorded under source {source_settings.name!r}", file=sys.stderr)
+    return folder, source, source_settings
+
+
+def _process_one(pipeline: Pipeline, path: str, resolve: Resolve) -> bool:
+    try:
+        folder, source, source_settings = resolve(path)
+    except Rpi2BrazeError as error:
+        print(f"rpi2braze: {error}", file=sys.stderr)
+        return False
     state = pipeline.context.state
     existing = state.get(folder.key)
     if existing is not None and existing.status == WorkflowStatus.DELIVERED:

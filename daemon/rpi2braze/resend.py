@@ -1,0 +1,142 @@
+"""`rpi2braze resend FILE`: deliver the rows of a dead-letter file once an operator has fixed them.
+
+A dead-letter CSV (deadletter.py) holds `file`, `line` and `reason`, then the export's own
+columns. Fed to `process` as it is, those three would become rpi_cdp_attributes keys on every
+profile. resend finds the workflow the file belongs to by its name, writes its rows without the
+three columns as an export of that workflow's channel and offer, in a folder below the state
+directory (0700: the rows are personal data), delivers that folder as `process` does, and removes
+it once delivered.
+
+The resent rows are a workflow of their own, `<Workflow ID>.resend-<digest of the file>`, of
+source "resend": the same file sent twice is sent once, and an interrupted run resumes where it
+stopped; a file edited again is a new workflow. Rows rejected again go to that workflow's own
+dead-letter file, which can be fixed and resent in turn.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import shutil
+import sys
+
+from rpi2braze import private
+from rpi2braze.deadletter import DEADLETTER_COLUMNS, workflow_deadletter_path
+from rpi2braze.errors import SourceError
+from rpi2braze.model import ExportFolder, WorkflowKey
+from rpi2braze.process import process_folders
+from rpi2braze.settings import ReadingSettings, Settings, SourceSettings
+from rpi2braze.sources.base import safe_join
+from rpi2braze.sources.local import LocalSource
+from rpi2braze.state import StateStore
+
+SOURCE = "resend"
+DATA_FILE = "RPI_Export_resend.txt"
+DIGEST_CHARS = 12
+# The dead-letter file's name, without what a crash or a second cut adds (`.cut`, `.cut.1`).
+_DEADLETTER_NAME = re.compile(r"(.*\.[0-9a-f]{12}\.csv)(?:\.cut(?:\.\d+)?)?")
+_RESENT_ID = re.compile(r"\.resend-[0-9a-f]{12}$")
+# A spreadsheet saving the file may change its delimiter to its locale's.
+_DELIMITERS = (",", ";", "\t")
+_FIXED_MTIME = 0   # the prepared file's identity is its content: a rerun resumes, never restarts
+
+
+def resend_file(settings: Settings, path: str) -> int:
+    """Deliver the rows of the dead-letter file at `path`; return process_folders' exit code,
+    or 1 after printing why if the file is not a dead-letter file of a workflow in the state file."""
+    base = os.path.join(settings.state.directory, SOURCE)
+    try:
+        content = _read(path)
+        header, rows = parse_deadletter(content, path)
+        key = _resent_key(settings, path, hashlib.sha256(content).hexdigest()[:DIGEST_CHARS])
+        folder = _prepare(base, key, header, rows)
+    except SourceError as error:
+        print(f"rpi2braze: {error}", file=sys.stderr)
+        return 1
+    source_settings = SourceSettings(name=SOURCE, type="local", path=base, settle_seconds=0, data_files=(DATA_FILE,),
+                                     reading=ReadingSettings(delimiter=",", encoding="utf-8"))
+    source = LocalSource(source_settings, watch=False)
+    entries = tuple(entry for entry in source.list_dir(key.relpath) if entry.name == DATA_FILE)
+    export = ExportFolder(key, settings.channels[key.channel], entries, folder)
+    print(f"resending {len(rows)} rows of {path} as {SOURCE}: {key.relpath}")
+    code = process_folders(settings, [folder], resolve=lambda _: (export, source, source_settings))
+    if code == 0:   # delivered; otherwise a second run, or another process at it now, reads the same bytes
+        shutil.rmtree(folder, ignore_errors=True)
+    return code
+
+
+def parse_deadletter(content: bytes, path: str) -> tuple[list[str], list[list[str]]]:
+    """Given a dead-letter CSV's bytes (UTF-8, with or without a BOM; comma-, semicolon- or
+    tab-separated) and its path for messages, return its export columns and its rows without
+    their first three values. Raise SourceError if it is not a dead-letter file or holds no row."""
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: is not UTF-8 text (a spreadsheet can save it as \"CSV UTF-8\")") from None
+    delimiter = next((mark for mark in _DELIMITERS if text.startswith(mark.join(DEADLETTER_COLUMNS) + mark)), None)
+    if delimiter is None:
+        raise SourceError(f"{path}: not a dead-letter file (its header does not begin with "
+                          f"{','.join(DEADLETTER_COLUMNS)})")
+    try:
+        records = [record for record in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(record)]
+    except csv.Error as error:
+        raise SourceError(f"{path}: cannot be read as CSV: {error}") from None
+    if len(records) < 2:
+        raise SourceError(f"{path}: holds no rows to resend")
+    width = len(DEADLETTER_COLUMNS)
+    return records[0][width:], [record[width:] for record in records[1:]]
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _resent_key(settings: Settings, path: str, digest: str) -> WorkflowKey:
+    """The key the rows of `path` are resent under. Raise SourceError if no workflow of the
+    state file has a dead-letter file of that name."""
+    match = _DEADLETTER_NAME.fullmatch(os.path.basename(path))
+    original = match and _workflow_named(settings.state.path, match[1])
+    if not original:
+        raise SourceError(f"{path}: no workflow in {settings.state.path} has a dead-letter file of that "
+                          "name (resend takes the file `status` names, fixed, under its own name)")
+    if original.channel not in settings.channels:
+        raise SourceError(f"{path}: its workflow's channel {original.channel!r} is no longer configured")
+    workflow_id = _RESENT_ID.sub("", original.workflow_id)
+    return WorkflowKey(SOURCE, original.channel, original.offer, f"{workflow_id}.resend-{digest}")
+
+
+def _workflow_named(state_path: str, name: str) -> WorkflowKey | None:
+    if not os.path.exists(state_path):
+        return None
+    store = StateStore(state_path)
+    try:
+        state_dir = os.path.dirname(os.path.abspath(state_path))
+        return next((record.key for record in store.records()
+                     if os.path.basename(workflow_deadletter_path(state_dir, record.key)) == name), None)
+    finally:
+        store.close()
+
+
+def _prepare(base: str, key: WorkflowKey, header: list[str], rows: list[list[str]]) -> str:
+    """Write the rows as the folder's one export file (0600, a fixed mtime); return the folder.
+    Raise SourceError if the workflow's names would lead out of `base`."""
+    private.make_directories(base)
+    folder = safe_join(base, key.relpath)
+    private.make_directories(folder)
+    target = os.path.join(folder, DATA_FILE)
+    temporary = target + ".partial"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(descriptor, "w", encoding="utf-8", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.utime(temporary, (_FIXED_MTIME, _FIXED_MTIME))
+    os.replace(temporary, target)
+    return folder
