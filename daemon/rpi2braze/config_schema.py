@@ -117,7 +117,8 @@ HTTP = Section({
 }, "optional HTTP listener: POST /rpi/post-execution, GET /metrics, GET /healthz; off when absent")
 
 MAPPING = Section({
-    "default_phone_region": text("ISO 3166 alpha-2 region for phone numbers without +country code (then the row's country)"),
+    "default_phone_region": text("ISO 3166 alpha-2 region for phone numbers without +country code, after the row's "
+                                 "country (default US)"),
     "types": MapOf(text("column type", settings.COLUMN_TYPES),
                    "column name (any spelling) -> type of its rpi_cdp_attributes value"),
     "fields": MapOf(text("Braze field", BRAZE_TARGETS), "column name (any spelling) -> Braze field"),

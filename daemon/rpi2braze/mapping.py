@@ -142,8 +142,8 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
     """Given a row of an export planned by `plan`, return its Braze attributes object: the
     normalised standard fields, the rpi_* arrays as {"add": [...]} (rpi_offers gets `offer`), and
     the other columns in rpi_cdp_attributes with "_merge_objects": true. Empty cells are left out.
-    A phone number without a country code is read as one of `default_phone_region`, or, if it
-    is none there, of the row's country.
+    A phone number without a country code is read as one of the row's country, or, if the row
+    has none or it is none there, of `default_phone_region`.
 
     Raise RowRejected, with the reason, if the reader could not parse the row, its length is not
     the plan's, it has no external_id, or a value breaks Braze's formats or limits; the first

@@ -172,8 +172,8 @@ def _parse_datetime(value: str) -> datetime | None:
 
 def phone(value: str, default_region: str, country: str | None = None) -> str:
     """Given a phone number, return it in E.164 form; numbers without a country code are read as
-    numbers of `default_region`, or, if they are none there, of the row's `country`. Raise
-    RowRejected if it is not a valid number either way."""
+    numbers of the row's `country`, or, if it has none or they are none there, of
+    `default_region`. Raise RowRejected if it is not a valid number either way."""
     # Already E.164 ("+", a digit 1-9, 6 to 14 more ASCII digits): parsing would cost ~30 µs,
     # this check well under one. str.isdecimal alone would also pass the digits of other
     # scripts ("+1٢١٢..."), which Braze would get as they are; phonenumbers reads them as the
@@ -181,14 +181,18 @@ def phone(value: str, default_region: str, country: str | None = None) -> str:
     if (8 <= len(value) <= 16 and value[0] == "+" and value[1] in _NONZERO_DIGITS
             and value.isascii() and value[1:].isdecimal()):
         return value
-    # The default region first: a number valid there keeps the reading it always had (a row in
-    # DE holding "(303) 555-0102" is a US number, though +49 303 5550102 would be valid too).
-    for region in (default_region, country) if country and country != default_region else (default_region,):
+    # The row's country first: people write their own country's numbers without its code. Read
+    # in a US default region, "55 1234 5678" in a row in MX would be +1 551-234-5678 (New
+    # Jersey), valid and wrong; a number that is none in the row's country is read there next.
+    regions = (country, default_region) if country and country != default_region else (default_region,)
+    for region in regions:
         if (number := _phone_in(value, region)) is not None:
             return number
-    also = f", then as {country}, the row's country" if country and country != default_region else ""
+    tried = f"{default_region} (mapping.default_phone_region)"
+    if len(regions) == 2:
+        tried = f"{country} (the row's country), then as {tried}"
     raise RowRejected(f"phone {quote(value)} is not a valid phone number "
-                      f"(numbers without +country code are read as {default_region}{also})")
+                      f"(numbers without +country code are read as {tried})")
 
 
 def _phone_in(value: str, region: str) -> str | None:

@@ -18,7 +18,7 @@ HEADER = ("RPContactID,ChannelExecutionID,external_Id,first_name,last_name,email
           "phone,Output Name,Education,Income,Marital Status\n")
 SAMPLE_ROWS = (
     "81,5719,u-001,Ann,Smith,ann@example.com,United States,1980-12-21,Female,Denver,+13035550101,Gold,Masters,85000,Married\n"
-    "82,5719,u-002,Bo,Jones,bo@example.com,DEU,1975-01-02,m,Berlin,(303) 555-0102,Gold,,,Single\n"
+    "82,5719,u-002,Bo,Jones,bo@example.com,DEU,1975-01-02,m,Berlin,030 12345678,Gold,,,Single\n"
     '83,5719,u-003,Chen,"Li, Jr.",chen@example.com,fr,,,Paris,,Silver,"PhD\n(two lines)",,\n'
     "84,5719,u-001,Ann,Smith,ann@example.com,US,,,,,Platinum,,90000,\n"
     "85,5719,u-004,Bad,Email,not-an-email,US,,,,,Gold,,,\n"
@@ -92,7 +92,7 @@ def test_daemon_delivers_a_slowly_copied_export_once(daemon_setup, sandbox, tmp_
     assert custom["rpi_channel_exec_ids"] == ["5719"]
     assert custom["rpi_cdp_attributes"] == {"education": "Masters", "income": "90000", "marital_status": "Married"}
     bo = profiles["u-002"]
-    assert (bo["country"], bo["gender"], bo["phone"]) == ("DE", "M", "+13035550102")
+    assert (bo["country"], bo["gender"], bo["phone"]) == ("DE", "M", "+493012345678")
     assert bo["custom_attributes"]["rpi_cdp_attributes"] == {"marital_status": "Single"}
     chen = profiles["u-003"]
     assert chen["last_name"] == "Li, Jr." and chen["country"] == "FR"

@@ -142,20 +142,27 @@ def test_phone_uses_the_given_default_region():
 
 
 @pytest.mark.parametrize("country, phone, expected", [
-    ("GB", "07400 123456", "+447400123456"),            # no US number: the row's country's
+    ("GB", "07400 123456", "+447400123456"),
     ("United Kingdom", "020 7183 8750", "+442071838750"),
-    ("DE", "(303) 555-0102", "+13035550102"),          # a US number stays one (+49 303 5550102 is valid too)
+    ("MX", "55 1234 5678", "+525512345678"),            # +1 551-234-5678 in the US default: valid, and wrong
+    ("GB", "2079460018", "+442079460018"),              # +1 207-946-0018 in the US default
+    ("DE", "(303) 555-0102", "+493035550102"),          # the row's country wins where both are valid
+    ("FR", "(415) 555-2671", "+14155552671"),           # no number in FR: the default region's
     ("CA", "(416) 555-0199", "+14165550199"),
     ("", "(415) 555-2671", "+14155552671"),
     ("GB", "+1 415 555 2671", "+14155552671"),           # a country code always wins
 ])
-def test_a_national_phone_number_is_read_in_the_default_region_then_in_the_rows_country(country, phone, expected):
+def test_a_national_phone_number_is_read_in_the_rows_country_then_in_the_default_region(country, phone, expected):
     assert mapped(("external_id", "country", "phone"), ("u1", country, phone), region="US")["phone"] == expected
 
 
-def test_a_phone_number_valid_nowhere_says_where_it_was_read():
-    with pytest.raises(RowRejected, match=r"read as US, then as GB, the row's country"):
-        mapped(("external_id", "country", "phone"), ("u1", "GB", "12345"), region="US")
+@pytest.mark.parametrize("country, where", [
+    ("GB", r"read as GB \(the row's country\), then as US \(mapping.default_phone_region\)"),
+    ("", r"read as US \(mapping.default_phone_region\)\)"),
+])
+def test_a_phone_number_valid_nowhere_says_where_it_was_read(country, where):
+    with pytest.raises(RowRejected, match=where):
+        mapped(("external_id", "country", "phone"), ("u1", country, "12345"), region="US")
 
 
 def test_configured_types():
