@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", parents=[config_option], help="run the daemon (SIGTERM/SIGINT: drain and exit 0)")
     process = commands.add_parser("process", parents=[config_option], help="deliver these workflow folders now and exit")
     process.add_argument("folders", nargs="+", metavar="FOLDER", help="<base>/<Channel>/<Offer>/<Workflow ID>")
+    process.add_argument("--force", action="store_true",
+                         help="also send a workflow delivered before (from this folder or, archived, from another)")
     check = commands.add_parser("check-config", parents=[config_option], help="validate the config and report every problem")
     check.add_argument("--print-schema", action="store_true", help="print a JSON Schema of the config and exit")
     status = commands.add_parser("status", parents=[config_option], help="workflows recorded in the state file")
@@ -35,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     retry = commands.add_parser("retry", parents=[config_option], help="re-queue a failed or quarantined workflow")
     retry.add_argument("workflow_id")
     retry.add_argument("--force", action="store_true", help="also re-send a workflow that was delivered")
+    retry.add_argument("--source", help="the source of the workflow, when several share its ID")
+    retry.add_argument("--channel", help="the channel of the workflow, when several share its ID")
     resend = commands.add_parser("resend", parents=[config_option],
                                  help="deliver the rows of a dead-letter file, fixed by hand, and exit")
     resend.add_argument("file", metavar="FILE", help="a dead-letter CSV that `status` names, under its own name")
@@ -97,7 +101,7 @@ def command_process(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     _configure_logging(settings, interactive=True)
     tuning.tune_garbage_collector()
-    return process_folders(settings, arguments.folders)
+    return process_folders(settings, arguments.folders, force=arguments.force)
 
 
 def command_resend(arguments: argparse.Namespace) -> int:
@@ -168,29 +172,44 @@ def command_retry(arguments: argparse.Namespace) -> int:
     from rpi2braze.model import WorkflowStatus
     _, store = _existing_state(arguments)
     try:
-        records = store.find(arguments.workflow_id)
-        if not records:
-            print(f"rpi2braze: no workflow {arguments.workflow_id!r} in {store.path}", file=sys.stderr)
+        records = [record for record in store.find(arguments.workflow_id)
+                   if arguments.source in (None, record.key.source) and arguments.channel in (None, record.key.channel)]
+        if len(records) != 1:
+            print(_not_one_workflow(arguments, records, store.path), file=sys.stderr)
             return EXIT_FAILED
-        for record in records:
-            if record.status == WorkflowStatus.DELIVERED and not arguments.force:
-                print(f"rpi2braze: {record.key.source}: {record.key.relpath} was delivered; "
-                      "add --force to send it again", file=sys.stderr)
-                return EXIT_FAILED
-            requeued = store.requeue(record.key)
-            print(f"re-queued {requeued.key.source}: {requeued.key.relpath} (was {record.status})")
-            _warn_if_moved(record)
+        [record] = records
+        if record.status == WorkflowStatus.DELIVERED and not arguments.force:
+            print(f"rpi2braze: {record.key.source}: {record.key.relpath} was delivered; "
+                  "add --force to send it again", file=sys.stderr)
+            return EXIT_FAILED
+        if _moved_away(record.location):
+            print(f"rpi2braze: {record.location} is not there; the daemon only looks there: move the folder "
+                  "back first (a quarantined one may be in the source's quarantine_path, a delivered one in "
+                  "its archive_path), then run this again", file=sys.stderr)
+            return EXIT_FAILED
+        requeued = store.requeue(record.key)
+        print(f"re-queued {requeued.key.source}: {requeued.key.relpath} (was {record.status})")
     finally:
         store.close()
     return EXIT_OK
 
 
-def _warn_if_moved(record) -> None:
-    """A quarantined folder may have been moved to quarantine_path: the daemon only looks in the base."""
-    import os
-    if os.path.isabs(record.location) and not os.path.isdir(record.location):   # a local or mounted share
-        print(f"note: {record.location} is not there; move the folder back for it to be delivered "
-              "(quarantined folders go to the source's quarantine_path, when it is set)")
+def _not_one_workflow(arguments: argparse.Namespace, records: list, state_path: str) -> str:
+    """Why retry acts on nothing: no workflow of that ID (and source and channel), or several."""
+    named = " ".join(f"--{option} {value!r}" for option in ("source", "channel")
+                     if (value := getattr(arguments, option)) is not None)
+    if not records:
+        return f"rpi2braze: no workflow {arguments.workflow_id!r} {named + ' ' if named else ''}in {state_path}"
+    listed = "".join(f"\n  --source {r.key.source!r} --channel {r.key.channel!r}: {r.key.relpath} ({r.status})"
+                     for r in records)
+    return (f"rpi2braze: {len(records)} workflows have ID {arguments.workflow_id!r}; "
+            f"name one with --source and --channel:{listed}")
+
+
+def _moved_away(location: str) -> bool:
+    """A folder on a local or mounted share that is not there (moved to quarantine_path or
+    archive_path, or deleted): requeued, it would stay pending, the daemon looking in vain."""
+    return os.path.isabs(location) and not os.path.isdir(location)
 
 
 def command_sandbox(arguments: argparse.Namespace) -> int:

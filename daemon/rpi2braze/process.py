@@ -15,6 +15,7 @@ from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.pipeline import Pipeline
 from rpi2braze.progress import Progress
 from rpi2braze.settings import Settings, SourceSettings
+from rpi2braze.state import StateStore
 from rpi2braze.sources.local import LocalSource
 from rpi2braze.worker import FolderDelivery
 
@@ -54,10 +55,13 @@ def resolve_folder(settings: Settings, path: str) -> tuple[ExportFolder, LocalSo
     return ExportFolder(key, settings.channels[channel], files, folder_path), source, source_settings
 
 
-def process_folders(settings: Settings, paths: list[str], resolve: Resolve | None = None) -> int:
+def process_folders(settings: Settings, paths: list[str], resolve: Resolve | None = None,
+                    force: bool = False) -> int:
     """Deliver each folder; return 0 if every one is delivered (now or before), 1 otherwise, and
     128 + the signal's number after SIGINT or SIGTERM: batches in flight finish and are recorded,
     the folder is left pending, and no further folder is started. A second signal ends it at once.
+    A folder whose workflow (channel, offer and ID) was delivered, from this source or another
+    (an archived copy), is sent again only with `force`.
     `resolve` turns a path into (folder, source, source settings), raising Rpi2BrazeError if it
     cannot; by default resolve_folder, noting a folder outside every configured source."""
     resolve = resolve or (lambda path: _resolve_noting(settings, path))
@@ -70,7 +74,7 @@ def process_folders(settings: Settings, paths: list[str], resolve: Resolve | Non
         for path in paths:
             if stop.is_set():
                 break
-            failures += not _process_one(pipeline, path, resolve)
+            failures += not _process_one(pipeline, path, resolve, force)
     finally:
         pipeline.close()
         for signum, handler in previous.items():
@@ -80,6 +84,32 @@ def process_folders(settings: Settings, paths: list[str], resolve: Resolve | Non
               f"deliver the rest", file=sys.stderr)
         return 128 + received[0]
     return 1 if failures else 0
+
+
+def _handled_before(state: StateStore, folder: ExportFolder, force: bool) -> bool | None:
+    """None if `folder` is to be sent now; else, having said why not, whether that counts as delivered."""
+    existing = state.get(folder.key)
+    if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
+        print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; "
+              f"after fixing it: rpi2braze retry {folder.key.workflow_id}", file=sys.stderr)
+        return False
+    if force:
+        if existing is not None and existing.status == WorkflowStatus.DELIVERED:
+            state.requeue(folder.key)
+        return None
+    if existing is not None and existing.status == WorkflowStatus.DELIVERED:
+        print(f"already delivered: {folder.location} ({existing.rows_delivered} rows); not sent again "
+              "(--force sends it again)")
+        return True
+    key = folder.key
+    for record in state.find(key.workflow_id):
+        if ((record.key.channel, record.key.offer) == (key.channel, key.offer) and record.key != key
+                and record.status == WorkflowStatus.DELIVERED):
+            print(f"rpi2braze: {folder.location}: workflow {key.relpath} was delivered from source "
+                  f"{record.key.source!r} ({record.location}); not sent again (--force sends it again)",
+                  file=sys.stderr)
+            return False
+    return None
 
 
 def _stopper(stop: threading.Event, received: list[int]):
@@ -101,21 +131,16 @@ def _resolve_noting(settings: Settings, path: str) -> tuple[ExportFolder, LocalS
     return folder, source, source_settings
 
 
-def _process_one(pipeline: Pipeline, path: str, resolve: Resolve) -> bool:
+def _process_one(pipeline: Pipeline, path: str, resolve: Resolve, force: bool) -> bool:
     try:
         folder, source, source_settings = resolve(path)
     except Rpi2BrazeError as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
         return False
     state = pipeline.context.state
-    existing = state.get(folder.key)
-    if existing is not None and existing.status == WorkflowStatus.DELIVERED:
-        print(f"already delivered: {folder.location} ({existing.rows_delivered} rows); not sent again")
-        return True
-    if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
-        print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; "
-              f"after fixing it: rpi2braze retry {folder.key.workflow_id}", file=sys.stderr)
-        return False
+    handled = _handled_before(state, folder, force)
+    if handled is not None:
+        return handled
     delivery = FolderDelivery(folder, source, source_settings, pipeline.context)
     if sys.stderr.isatty():
         status = delivery.run(watch=lambda: Progress(state, folder.key, sys.stderr))

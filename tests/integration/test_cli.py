@@ -151,9 +151,9 @@ def test_status_and_retry_refuse_a_missing_state_file_without_creating_it(tmp_pa
     assert not (tmp_path / "state").exists()
 
 
-def delivered_workflow(tmp_path, workflow_id: str):
+def delivered_workflow(tmp_path, workflow_id: str, channel: str = UPSERT):
     """A one-row workflow delivered by `process` (the sandbox is gone afterwards); its config and folder."""
-    folder = tmp_path / "exports" / UPSERT / "Offer" / workflow_id
+    folder = tmp_path / "exports" / channel / "Offer" / workflow_id
     folder.mkdir(parents=True)
     (folder / f"RPI_Export_{workflow_id}.txt").write_text("external_id\nu-1\n")
     with SandboxServer(api_key=API_KEY) as sandbox:
@@ -187,6 +187,33 @@ def test_retry_needs_force_for_a_delivered_workflow(tmp_path):
     assert json.loads(rpi2braze("-c", config, "status", "--json").stdout)[0]["status"] == "pending"
 
 
+def test_retry_refuses_a_folder_that_is_no_longer_where_the_daemon_looks(tmp_path):
+    # Requeued, it would stay pending for good: the daemon only looks in the source's base.
+    config, folder = delivered_workflow(tmp_path, "9")
+    shutil.move(folder, tmp_path / "archived")
+    refused = rpi2braze("-c", config, "retry", "9", "--force")
+    assert refused.returncode == 1
+    assert f"{folder} is not there" in refused.stderr and "move the folder back first" in refused.stderr
+    assert json.loads(rpi2braze("-c", config, "status", "--json").stdout)[0]["status"] == "delivered"
+    shutil.move(tmp_path / "archived", folder)
+    assert rpi2braze("-c", config, "retry", "9", "--force").returncode == 0
+
+
+def test_retry_of_an_id_two_workflows_share_names_them_and_takes_the_one_chosen(tmp_path):
+    # RPI may use one Workflow ID in both channels: retry must not requeue both.
+    delivered_workflow(tmp_path, "6")
+    config, _ = delivered_workflow(tmp_path, "6", channel="Braze Append")
+    refused = rpi2braze("-c", config, "retry", "6", "--force")
+    assert refused.returncode == 1 and "2 workflows have ID '6'" in refused.stderr
+    assert f"--source 'drop' --channel '{UPSERT}': {UPSERT}/Offer/6 (delivered)" in refused.stderr
+    chosen = rpi2braze("-c", config, "retry", "6", "--force", "--channel", "Braze Append")
+    assert chosen.returncode == 0 and "re-queued drop: Braze Append/Offer/6" in chosen.stdout
+    statuses = {record["channel"]: record["status"] for record in json.loads(rpi2braze("-c", config, "status", "--json").stdout)}
+    assert statuses == {UPSERT: "delivered", "Braze Append": "pending"}
+    missing = rpi2braze("-c", config, "retry", "6", "--source", "other")
+    assert missing.returncode == 1 and "no workflow '6' --source 'other' in" in missing.stderr
+
+
 def test_status_and_retry_work_without_the_services_secrets(tmp_path):
     # As an operator runs them in a shell: the key's variable (systemd's credentials) is not set.
     config, folder = delivered_workflow(tmp_path, "9")
@@ -194,10 +221,8 @@ def test_status_and_retry_work_without_the_services_secrets(tmp_path):
     assert rpi2braze("-c", config, "check-config", env=shell).returncode == 2   # it needs the key
     listed = rpi2braze("-c", config, "status", "--json", env=shell)
     assert listed.returncode == 0 and [record["status"] for record in json.loads(listed.stdout)] == ["delivered"]
-    shutil.rmtree(folder)
     retried = rpi2braze("-c", config, "retry", "9", "--force", env=shell)
     assert retried.returncode == 0 and "re-queued" in retried.stdout
-    assert f"{folder} is not there; move the folder back" in retried.stdout
     reader_gone = subprocess.Popen([sys.executable, "-m", "rpi2braze", "-c", config, "status", "--all"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=shell)
     reader_gone.stdout.close()                      # as `| head` does once it has its lines
@@ -214,6 +239,26 @@ def test_process_says_when_a_folder_is_outside_every_source(tmp_path):
         result = rpi2braze("-c", config, "process", str(elsewhere))
     assert result.returncode == 0
     assert "is not below a configured local or poll source: read with the default reading settings" in result.stderr
+
+
+def test_process_sends_a_workflow_delivered_before_only_with_force(tmp_path):
+    _, folder = delivered_workflow(tmp_path, "3")
+    archived = tmp_path / "archive" / UPSERT / "Offer" / "3"
+    shutil.copytree(folder, archived)
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        again = rpi2braze("-c", config, "process", str(folder))
+        assert again.returncode == 0 and "already delivered" in again.stdout and "--force" in again.stdout
+        copy = rpi2braze("-c", config, "process", str(archived))   # the same workflow, from its archived copy
+        assert copy.returncode == 1
+        assert (f"workflow {UPSERT}/Offer/3 was delivered from source 'drop' ({folder}); not sent again"
+                in copy.stderr)
+        assert sandbox.requests == []
+        assert rpi2braze("-c", config, "process", "--force", str(archived)).returncode == 0
+        assert rpi2braze("-c", config, "process", "--force", str(folder)).returncode == 0
+        assert len(sandbox.requests) == 2
+    assert {(record["status"], record["rows_delivered"]) for record in json.loads(
+        rpi2braze("-c", config, "status", "--json").stdout)} == {("delivered", 1)}
 
 
 def test_process_with_a_refused_key_exits_1_with_the_reason(tmp_path):
