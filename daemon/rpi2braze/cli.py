@@ -144,14 +144,19 @@ def _existing_state(arguments: argparse.Namespace):
 
 def command_status(arguments: argparse.Namespace) -> int:
     from rpi2braze.deadletter import workflow_deadletter_path
+    from rpi2braze.locks import held_elsewhere
     from rpi2braze.model import WorkflowStatus
+    from rpi2braze.state import FINAL_STATUSES
     settings, store = _existing_state(arguments)
     try:
         records = store.records()
     finally:
         store.close()
+    delivering = {record.key for record in records
+                  if record.status not in FINAL_STATUSES and held_elsewhere(settings.directory, record.key)}
     if arguments.json:
-        print(json.dumps([record.as_json() for record in records], indent=2))
+        print(json.dumps([record.as_json() | {"being_delivered": record.key in delivering} for record in records],
+                         indent=2))
         return EXIT_OK
     # delivered workflows with rejected rows need a look too: their rows are in a dead-letter file
     shown = records if arguments.all else [r for r in records if r.status != WorkflowStatus.DELIVERED
@@ -160,12 +165,18 @@ def command_status(arguments: argparse.Namespace) -> int:
     print("  ".join(f"{name}: {count}" for name, count in counts.items()))
     for record in shown:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.updated_at))
+        orphaned = record.status == WorkflowStatus.IN_PROGRESS and record.key not in delivering
         print(f"{record.status:<12} {when}  {record.key.source}: {record.key.relpath}  "
               f"delivered {record.rows_delivered}, rejected {record.rows_rejected}"
               + (f"\n{'':14}reason: {record.reason}" if record.reason else "")
+              + (f"\n{'':14}{ORPHANED}" if orphaned else "")
               + (f"\n{'':14}rejected rows: {workflow_deadletter_path(settings.directory, record.key)}"
                  if record.rows_rejected else ""))
     return EXIT_OK
+
+
+ORPHANED = ("no process is delivering it now: the one that was ended without finishing (killed?); "
+            "the daemon resumes it, sending only what was not acknowledged")
 
 
 def command_retry(arguments: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import struct
 import threading
 from typing import Iterator
 
@@ -151,6 +152,30 @@ class WorkflowLocks:
             del _open_files[self._real_path]
 
 
+def held_elsewhere(state_dir: str, key: WorkflowKey) -> bool:
+    """Whether another process holds `key`'s lock in `state_dir` now: a workflow IN_PROGRESS that
+    none holds was left so by a process that ended (a crash, SIGKILL). Only asks the kernel
+    (F_GETLK): taking the lock, even for a moment, could make the daemon find its workflow busy.
+    False if there is no lock file."""
+    path = os.path.join(state_dir, LOCK_FILE)
+    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _offset(key), 1, 0)
+    with _guard:   # closing a descriptor of the file drops this process's locks: use the open one
+        shared = _open_files.get(os.path.realpath(path))
+        if shared is not None:
+            answer = fcntl.fcntl(shared.fd, fcntl.F_GETLK, query)
+        else:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return False
+            try:
+                answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+            finally:
+                os.close(fd)
+    return struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK
+
+
+_FLOCK = "hhqqi4x"   # Linux's struct flock: l_type, l_whence, l_start, l_len, l_pid, padding
 _HINT = "the state directory must be writable by this user, on a local filesystem"
 
 

@@ -214,6 +214,29 @@ def test_retry_of_an_id_two_workflows_share_names_them_and_takes_the_one_chosen(
     assert missing.returncode == 1 and "no workflow '6' --source 'other' in" in missing.stderr
 
 
+def test_status_tells_a_workflow_being_delivered_from_one_a_killed_process_left_in_progress(tmp_path):
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "13"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_13.txt").write_text("external_id\n" + "".join(f"u-{n}\n" for n in range(400)))
+    with SandboxServer(api_key=API_KEY, faults=Faults(error_rate=1.0)) as sandbox:   # never delivered
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        delivering = subprocess.Popen([sys.executable, "-m", "rpi2braze", "-c", config, "process", str(folder)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment())
+        try:
+            def listed():
+                records = json.loads(rpi2braze("-c", config, "status", "--json").stdout or "[]")
+                return records and records[0]["status"] == "in_progress" and records[0]
+            assert wait_for(listed, 30, what="the workflow in progress")["being_delivered"] is True
+            assert "no process is delivering it" not in rpi2braze("-c", config, "status").stdout
+        finally:
+            delivering.kill()
+            delivering.wait(10)
+        [record] = json.loads(rpi2braze("-c", config, "status", "--json").stdout)
+        assert (record["status"], record["being_delivered"]) == ("in_progress", False)
+        assert "no process is delivering it now: the one that was ended without finishing" in rpi2braze(
+            "-c", config, "status").stdout
+
+
 def test_status_and_retry_work_without_the_services_secrets(tmp_path):
     # As an operator runs them in a shell: the key's variable (systemd's credentials) is not set.
     config, folder = delivered_workflow(tmp_path, "9")

@@ -13,7 +13,7 @@ import structlog
 
 from rpi2braze import locks as locks_module
 from rpi2braze.errors import StateError
-from rpi2braze.locks import LOCK_FILE, WorkflowLocks
+from rpi2braze.locks import LOCK_FILE, WorkflowLocks, held_elsewhere
 from rpi2braze.model import WorkflowKey
 
 KEY = WorkflowKey("drop", "Braze Append", "Offer", "42")
@@ -67,6 +67,26 @@ def test_the_lock_is_dropped_when_its_process_is_killed(holder, locks):
     holder.wait(10)
     with locks.hold(KEY) as held:
         assert held is True
+
+
+def test_held_elsewhere_sees_another_processs_lock_and_only_while_it_lives(tmp_path, holder):
+    assert (held_elsewhere(str(tmp_path), KEY), held_elsewhere(str(tmp_path), OTHER)) == (True, False)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(10)
+    assert held_elsewhere(str(tmp_path), KEY) is False
+
+
+def test_asking_does_not_drop_this_processs_own_locks(tmp_path, locks):
+    # Closing any descriptor of the file would drop them: the question goes through the open one.
+    with locks.hold(KEY) as held:
+        assert held is True
+        assert held_elsewhere(str(tmp_path), KEY) is False   # F_GETLK does not see one's own locks
+        assert another_process_finds(tmp_path) == "busy"
+
+
+def test_without_a_lock_file_nothing_is_held(tmp_path):
+    assert held_elsewhere(str(tmp_path / "nowhere"), KEY) is False
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_a_lock_released_here_can_be_taken_by_another_process(tmp_path, locks):
