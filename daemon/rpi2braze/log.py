@@ -41,6 +41,27 @@ def configure(level: str = "info", fmt: str = "json", stream=None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
+    # What libraries log (paramiko, pyftpdlib) and Python's warnings (watchdog's) go the same way:
+    # by default they reach stderr as plain, sometimes multi-line, text among the JSON lines.
+    # Libraries speak up only when something is wrong: paramiko's debug lines trace every packet.
+    root = logging.getLogger()
+    root.handlers[:] = [_LibraryHandler()]
+    root.setLevel(max(logging.WARNING, logging.getLevelNamesMapping()[level.upper()]))
+    logging.captureWarnings(True)
+
+
+class _LibraryHandler(logging.Handler):
+    """Passes a standard-library log record on to structlog, as event "library_log"."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:   # a library's bad format string must not lose the line
+            message = str(record.msg)
+        fields = {"logger": record.name, "message": message}
+        if record.exc_info:
+            fields["exc_info"] = record.exc_info
+        get_logger(record.name).log(record.levelno, "library_log", **fields)
 
 
 def _escape_undecodable(logger, method: str, event: dict) -> dict:

@@ -58,3 +58,26 @@ def test_a_throttle_lets_one_line_per_key_through_each_interval_and_counts_the_r
     assert throttle.admit(429) is None
     clock.now += 10.0
     assert throttle.admit(502) == 0 and throttle.admit(429) == 1
+
+
+LIBRARY_LOGGING = """
+import logging, warnings
+from rpi2braze import log
+log.configure("debug", "json")
+logging.getLogger("paramiko.transport").error("Socket exception: %s", "Connection reset by peer")
+logging.getLogger("paramiko.transport").info("Connected (version 2.0)")   # below WARNING: not shown
+warnings.warn("Callback with id 'x' already exists for watch\\nmany folders", RuntimeWarning)
+"""
+
+
+def test_what_libraries_log_and_pythons_warnings_are_json_lines_too():
+    # In a child: the root logger and warnings.showwarning are the process's, pytest's included.
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-c", LIBRARY_LOGGING], capture_output=True, text=True, timeout=60)
+    assert result.stderr == ""
+    events = [orjson.loads(line) for line in result.stdout.splitlines()]
+    assert [(event["event"], event["level"], event["logger"]) for event in events] == [
+        ("library_log", "error", "paramiko.transport"), ("library_log", "warning", "py.warnings")]
+    assert events[0]["message"] == "Socket exception: Connection reset by peer"
+    assert "RuntimeWarning: Callback with id 'x' already exists" in events[1]["message"]
