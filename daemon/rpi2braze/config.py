@@ -198,7 +198,7 @@ def _source(values: Checked, path: str, checker: Checker, base_dir: str) -> Sour
            for key in ("private_key_file", "known_hosts_file", "ca_file", "staging_path")},
         data_files=tuple(values.get("data_files", settings.DEFAULT_DATA_FILES)),
         **_pick(values, "settle_seconds", "scan_interval_seconds", "marker_file", "host", "username",
-                "accept_new_host_keys", "tls", "tls_verify"),
+                "accept_new_host_keys", "tls", "tls_verify", "ignore_folders_before"),
     )
 
 

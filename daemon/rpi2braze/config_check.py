@@ -9,6 +9,7 @@ api_key_file, the keys each source type needs) live in `config.py`.
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import re
@@ -23,7 +24,8 @@ _VARIABLE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # an environment variable, or a key written bare
 # how environment variables are named: in a secret's value, what else stands in ${...} may be the secret
 _SHOWN_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
-_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false"}
+_KIND_NAMES = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+               "time": "a date and time with its time zone, like 2026-12-01T00:00:00Z"}
 
 
 @dataclass
@@ -131,6 +133,8 @@ class Scalar:
                 return INVALID
             if self.kind != "str":  # `port: ${SFTP_PORT}` arrives as text; read it as YAML would
                 value = _scalar_from_text(value)
+        if self.kind == "time":
+            return _epoch_seconds(value, path, checker)
         if not _is_kind(value, self.kind):
             checker.add(path, f"must be {_KIND_NAMES[self.kind]}, not {describe(value)}")
             return INVALID
@@ -256,6 +260,25 @@ class Section:
 def _suggestion(key: object, known: Mapping[str, object]) -> str:
     close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _epoch_seconds(value: object, path: str, checker: Checker) -> object:
+    """A moment as seconds since the epoch: YAML's timestamp or date (midnight UTC), or ISO 8601
+    text; INVALID after recording a problem if it is none, or has no time zone (whose clock?)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        value = datetime.datetime.combine(value, datetime.time(), datetime.timezone.utc)
+    if isinstance(value, datetime.datetime) and value.tzinfo is None:
+        checker.add(path, "has no time zone: add Z (UTC) or an offset like +01:00")
+        return INVALID
+    if not isinstance(value, datetime.datetime):
+        checker.add(path, f"must be {_KIND_NAMES['time']}, not {describe(value)}")
+        return INVALID
+    return value.timestamp()
 
 
 def _is_kind(value: object, kind: str) -> bool:

@@ -19,7 +19,7 @@ BRAZE_TARGETS = (
 LOCAL_TYPES = ("local", "poll")
 DEFAULT_PORTS = {"sftp": 22, "ftp": 21}
 REMOTE_REQUIRED = ("host", "username")
-_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+_JSON_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "time": "string"}
 
 
 def text(doc: str, choices: tuple[str, ...] = (), secret: bool = False) -> Scalar:
@@ -80,6 +80,8 @@ SOURCE = Section({
     "marker_file": text("a file name whose presence marks a folder complete at once"),
     "data_files": ListOf(text("a glob"), "globs naming the data files of a workflow folder"),
     "archive_path": text("delivered folders are moved below it; absent: left in place"),
+    "ignore_folders_before": Scalar("time", "folders whose data files are all older than this moment are "
+                                            "left alone (a cutover from another tool: e.g. 2026-12-01T00:00:00Z)"),
     "quarantine_path": text("unreadable folders are moved below it; absent: left in place"),
     "reading": READING,
     "host": text("server name or address (sftp, ftp)"),
@@ -97,7 +99,7 @@ SOURCE = Section({
 }, "one place export folders appear", required=("name", "type", "path"))
 
 _COMMON_SOURCE_KEYS = ("name", "type", "path", "settle_seconds", "scan_interval_seconds", "marker_file",
-                       "data_files", "archive_path", "quarantine_path", "reading")
+                       "data_files", "archive_path", "quarantine_path", "reading", "ignore_folders_before")
 _REMOTE_SOURCE_KEYS = _COMMON_SOURCE_KEYS + ("host", "port", "username", "password", "password_file",
                                              "staging_path")
 SOURCE_KEYS_BY_TYPE = {
@@ -185,6 +187,8 @@ def _render_scalar(spec: Scalar) -> dict:
     schema: dict = {"type": _JSON_TYPES[spec.kind], "description": spec.doc}
     if spec.kind == "str":
         schema["minLength"] = 1
+    if spec.kind == "time":
+        schema["format"] = "date-time"
     if spec.choices:
         schema["enum"] = list(spec.choices)
     if spec.pattern:

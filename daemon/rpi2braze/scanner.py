@@ -66,6 +66,7 @@ class Scanner:
         self._held: dict[WorkflowKey, float] = {}      # postponed until this time
         self._postponed: dict[WorkflowKey, int] = {}   # times in a row a worker postponed it
         self._finished: set[WorkflowKey] = set()
+        self._before_cutover: set[WorkflowKey] = set()  # older than ignore_folders_before: never listed again
         self._next_full_refresh = 0.0                  # when the finished set is re-read regardless
         self._warned: set[tuple[str, str, str]] = set()
         self._unwatch: list[Callable[[], None]] = []
@@ -250,12 +251,15 @@ class Scanner:
         with self._lock:
             finished, busy = key in self._finished, key in self._busy
             held = not force and self._held.get(key, 0) > self._clock()
+            old = key in self._before_cutover
         if finished and not busy and watched.settings.archive_path:
             self._check_not_back(watched, key)
-        if finished or busy or held:
+        if finished or busy or held or old:
             return None
         settings = watched.settings
         entries = watched.source.list_dir(key.relpath)
+        if self._older_than_cutover(watched, key, entries):
+            return None
         now = self._clock()
         if key not in watched.observations and entries:   # a call naming a folder not there sees nothing
             metrics.FOLDERS.labels(source=key.source, outcome="seen").inc()
@@ -283,6 +287,19 @@ class Scanner:
                  workflow_id=key.workflow_id, files=[entry.name for entry in folder.data_files], forced=force)
         metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
         return folder
+
+    def _older_than_cutover(self, watched: _Watched, key: WorkflowKey, entries) -> bool:
+        """True, after saying so once, if the source has `ignore_folders_before` and every data
+        file of the folder is older: written before rpi2braze took over from another tool."""
+        cutover = watched.settings.ignore_folders_before
+        files = data_files(entries, watched.settings.data_files)
+        if cutover is None or not files or max(entry.mtime for entry in files) >= cutover:
+            return False
+        with self._lock:
+            self._before_cutover.add(key)
+        log.info("folder_ignored", source=key.source, folder=key.relpath,
+                 reason="its data files are older than the source's ignore_folders_before")
+        return True
 
     def _check_not_back(self, watched: _Watched, key: WorkflowKey) -> None:
         """A finished folder of a source that archives them is back: warn once if it holds data

@@ -73,6 +73,7 @@ class SourceSettings:
     data_files: tuple[str, ...] = DEFAULT_DATA_FILES
     archive_path: str | None = None             # delivered folders are moved here; None: left in place
     quarantine_path: str | None = None          # unreadable folders are moved here; None: left in place
+    ignore_folders_before: float | None = None  # epoch seconds: folders whose data files are all older are left alone
     reading: ReadingSettings = ReadingSettings()
     # remote sources (sftp, ftp)
     host: str | None = None

@@ -345,3 +345,32 @@ def test_a_source_that_cannot_be_watched_is_still_scanned(tmp_path, capsys):
             running.join(10)
     assert [folder.key.workflow_id for folder in queued] == ["1"]
     assert "watch_unavailable" in capsys.readouterr().out
+
+
+def test_folders_older_than_the_cutover_are_left_alone_and_not_listed_again(tmp_path):
+    # Taking over a share from another tool: what it delivered before the cutover stays as it is.
+    base = tmp_path / "base"
+    cutover = time.time() - 3600
+    settings = SourceSettings(name="drop", type="local", path=str(base), settle_seconds=0, scan_interval_seconds=10,
+                              ignore_folders_before=cutover)
+    source = CountingSource(settings)
+    state = StateStore(str(tmp_path / "state.db"))
+    queued, clock = [], FakeClock()
+    scanner = Scanner([(settings, source)], dict(DEFAULT_CHANNELS), state,
+                      lambda folder, src, cfg: queued.append(folder), threading.Event(), clock)
+    try:
+        old = drop(base, "old")
+        os.utime(old / "RPI_Export_1.txt", (cutover - 86400, cutover - 86400))
+        mixed = drop(base, "mixed")                                 # one file older, one newer: delivered
+        os.utime(mixed / "RPI_Export_1.txt", (cutover - 86400, cutover - 86400))
+        drop(base, "mixed", name="RPI_Export_2.txt")
+        drop(base, "new")
+        scanner.scan_due()
+        assert sorted(folder.key.workflow_id for folder in queued) == ["mixed", "new"]
+        assert state.get(WorkflowKey("drop", UPSERT, "Offer", "old")) is None   # not even pending
+        source.listed.clear()
+        clock.now += 10
+        scanner.scan_due()
+        assert f"{UPSERT}/Offer" in source.listed and f"{UPSERT}/Offer/old" not in source.listed
+    finally:
+        state.close()

@@ -345,6 +345,29 @@ def test_remote_source_values_and_default_ports():
     assert (ftp.port, ftp.tls, ftp.tls_verify, ftp.password) == (21, True, False, Secret("pw"))
 
 
+CUTOVER = 1796083200.0   # 2026-12-01T00:00:00Z
+
+
+@pytest.mark.parametrize("written", [
+    "2026-12-01T00:00:00Z", "2026-12-01", "'2026-12-01T01:00:00+01:00'", "'2026-12-01 00:00:00Z'",
+])
+def test_ignore_folders_before_takes_a_moment_with_its_time_zone(written):
+    doc = yaml.safe_load(f"v: {written}")["v"]   # as YAML reads it: a timestamp, a date or text
+    [source] = parse_settings(document((("sources", 0, "ignore_folders_before"), doc)), ENV).sources
+    assert source.ignore_folders_before == CUTOVER
+
+
+@pytest.mark.parametrize("written, problem", [
+    ("2026-12-01T00:00:00", "has no time zone: add Z (UTC) or an offset like +01:00"),
+    ("'yesterday'", "must be a date and time with its time zone, like 2026-12-01T00:00:00Z, not a string"),
+    ("1796083200", "must be a date and time with its time zone, like 2026-12-01T00:00:00Z, not a number"),
+])
+def test_ignore_folders_before_without_a_time_zone_or_a_date_is_a_problem(written, problem):
+    doc = yaml.safe_load(f"v: {written}")["v"]
+    [reported] = problems_of(document((("sources", 0, "ignore_folders_before"), doc)))
+    assert reported == f"sources[0].ignore_folders_before: {problem}"
+
+
 def test_mapping_keys_are_normalised():
     doc = document((("mapping",), {"default_phone_region": "gb", "prepended_columns": "none",
                                    "types": {"Last Purchase": "time", "VIP": "boolean", "house-hold_size": "number"},
