@@ -36,11 +36,16 @@ def quarantine(source: Source, settings: SourceSettings, key: WorkflowKey, reaso
     private.make_directories(os.path.dirname(path))
     text = (f"workflow: {key.source}/{key.relpath}\nwhen: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n"
             f"reason: {reason}\nfolder now at: {moved or source.describe(key.relpath)}\n"
-            f"to try again after fixing it: rpi2braze retry {key.workflow_id}\n")
+            f"to try again after fixing it: {_how_to_retry(key, moved, source)}\n")
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as reason_file:
         reason_file.write(text)
     return path
+
+
+def _how_to_retry(key: WorkflowKey, moved: str | None, source: Source) -> str:
+    retry = f"rpi2braze retry {key.workflow_id} --source {key.source} --channel '{key.channel}'"
+    return f"move it back to {source.describe(key.relpath)}, then {retry}" if moved else retry
 
 
 def reason_path(state_dir: str, key: WorkflowKey) -> str:

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     resend = commands.add_parser("resend", parents=[config_option],
                                  help="deliver the rows of a dead-letter file, fixed by hand, and exit")
     resend.add_argument("file", metavar="FILE", help="a dead-letter CSV that `status` names, under its own name")
-    sandbox = commands.add_parser("sandbox", help="a local Braze stand-in for demos and tests")
+    sandbox = commands.add_parser("sandbox", help="a local Braze stand-in for demos and tests (profiles in memory only)")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=4010)
     sandbox.add_argument("--api-key", default="sandbox-key")

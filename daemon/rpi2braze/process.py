@@ -9,6 +9,7 @@ import threading
 from dataclasses import replace
 from typing import Callable
 
+from rpi2braze.deadletter import workflow_deadletter_path
 from rpi2braze.errors import Rpi2BrazeError, SourceError
 from rpi2braze.files import data_files
 from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowStatus
@@ -152,5 +153,7 @@ def _process_one(pipeline: Pipeline, path: str, resolve: Resolve, force: bool) -
         return False
     record = state.get(folder.key)
     print(f"{status}: {folder.location}: {record.rows_delivered} rows delivered, {record.rows_rejected} rejected"
-          + (f"; reason: {record.reason}" if record.reason else ""))
+          + (f"; reason: {record.reason}" if record.reason else "")
+          + (f"; rejected rows: {workflow_deadletter_path(pipeline.context.state_dir, folder.key)}"
+             if record.rows_rejected else ""))
     return status == WorkflowStatus.DELIVERED

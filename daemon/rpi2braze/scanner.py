@@ -239,8 +239,14 @@ class Scanner:
                         hint="looked at again at the next scan")
 
     def _folders(self, watched: _Watched, relpath: str) -> list[str]:
-        names = sorted(entry.name for entry in watched.source.list_dir(relpath)
-                       if entry.is_dir and not entry.name.startswith("."))
+        entries = watched.source.list_dir(relpath)
+        misplaced = data_files(entries, watched.settings.data_files)
+        if misplaced:   # RPI's export path format lacks a level: nothing here would ever be delivered
+            self._warn_once("data_files_misplaced", watched.settings.name, relpath or ".",
+                            f"{', '.join(entry.name for entry in misplaced[:3])} lie above the workflow folders; "
+                            "rpi2braze reads <Channel>/<Offer>/<Workflow ID>/ only: check the channel's "
+                            "Export path format in RPI")
+        names = sorted(entry.name for entry in entries if entry.is_dir and not entry.name.startswith("."))
         for name in names:
             if not decoded_cleanly(name):   # the state file, logs and Braze take UTF-8 only
                 self._warn_once("folder_unusable", watched.settings.name, f"{relpath}/{name}".lstrip("/"),
@@ -284,7 +290,7 @@ class Scanner:
             raise
         watched.observations.pop(key, None)
         log.info("folder_queued", source=key.source, channel=key.channel, offer=key.offer,
-                 workflow_id=key.workflow_id, files=[entry.name for entry in folder.data_files], forced=force)
+                 workflow_id=key.workflow_id, files=[entry.name for entry in folder.data_files], announced_by_rpi=force)
         metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
         return folder
 

@@ -212,3 +212,6 @@ def test_archive_and_quarantine_folders_are_closed_to_others_whatever_the_umask(
         assert (tmp_path / "kept" / kind / UPSERT / "Offer" / workflow_id).is_dir()
     reasons = tmp_path / "state" / "quarantine"
     assert [mode(path) for path in (reasons, *reasons.iterdir())] == [0o700, 0o700]
+    [reason] = [path for folder in reasons.iterdir() for path in folder.iterdir()]
+    assert (f"to try again after fixing it: move it back to {exports / UPSERT / 'Offer' / '2'}, then "
+            f"rpi2braze retry 2 --source drop --channel '{UPSERT}'") in reason.read_text()

@@ -169,10 +169,12 @@ def test_status_lists_delivered_workflows_with_rejected_rows_and_where_they_are(
     (folder / "RPI_Export_12.txt").write_text("external_id,email\nu-1,one@example.com\nu-2,not-an-email\n")
     with SandboxServer(api_key=API_KEY) as sandbox:
         config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
-        assert rpi2braze("-c", config, "process", str(folder)).returncode == 0
+        processed = rpi2braze("-c", config, "process", str(folder))
+        assert processed.returncode == 0
     table = rpi2braze("-c", config, "status").stdout
     assert "Offer/12  delivered 1, rejected 1" in table and "Offer/11" not in table
     [listed] = [line.split("rejected rows: ")[1] for line in table.splitlines() if "rejected rows: " in line]
+    assert processed.stdout.strip().endswith(f"1 rows delivered, 1 rejected; rejected rows: {listed}")
     with open(listed, newline="", encoding="utf-8") as deadletter:
         assert [row["external_id"] for row in csv.DictReader(deadletter)] == ["u-2"]
     assert "Offer/11" in rpi2braze("-c", config, "status", "--all").stdout

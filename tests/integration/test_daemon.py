@@ -132,6 +132,8 @@ def test_unreadable_export_is_quarantined_and_the_daemon_goes_on(daemon_setup, s
     assert "external_id" in quarantined["reason"]
     reasons = [os.path.join(r, n) for r, _, names in os.walk(tmp_path / "state" / "quarantine") for n in names]
     assert len(reasons) == 1 and "external_id" in open(reasons[0]).read()
+    assert f"to try again after fixing it: rpi2braze retry 1 --source drop --channel '{UPSERT}'\n" in open(
+        reasons[0]).read()
     wait_status(config, "2", "delivered")
     assert "u-9" not in sandbox.store.all(), "Braze Append must not create a profile"
     assert [r["workflow_id"] for r in status(config)].count("3") == 0

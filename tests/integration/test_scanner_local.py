@@ -374,3 +374,19 @@ def test_folders_older_than_the_cutover_are_left_alone_and_not_listed_again(tmp_
         assert f"{UPSERT}/Offer" in source.listed and f"{UPSERT}/Offer/old" not in source.listed
     finally:
         state.close()
+
+
+def test_data_files_above_the_workflow_folders_are_warned_about_once(world, capsys):
+    # RPI's Export path format without [Workflow ID] (or [Offer]): nothing there would ever be delivered.
+    base, scanner, queued, clock, _, _ = world
+    (base / UPSERT / "Offer").mkdir(parents=True)
+    (base / UPSERT / "Offer" / "RPI_Export_9.txt").write_text("external_id\nu1\n")
+    (base / UPSERT / "RPI_Export_8.txt").write_text("external_id\nu1\n")
+    (base / UPSERT / "Offer" / "notes.txt").write_text("not data")
+    for _ in range(2):
+        scanner.scan_due()
+        clock.now += 10
+    logged = capsys.readouterr().out
+    assert logged.count("data_files_misplaced") == 2 and queued == []
+    assert "RPI_Export_9.txt lie above the workflow folders" in logged and "notes.txt" not in logged
+    assert f"{UPSERT}/Offer" in logged and "check the channel's Export path format in RPI" in logged
