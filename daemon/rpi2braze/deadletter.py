@@ -6,6 +6,12 @@ rows and feed them back. A folder whose data files have different headers gets e
 every file, by name, in the order they first appear. The rows hold personal data: files are
 0600, directories 0700.
 
+A file holds the rejections of one delivery run, so its rows are those `status` counts. A run
+that starts from batch 0 (the workflow's first, a retry, or a restart after its files or
+settings changed) sets an earlier run's file aside whole, as `<name>.csv.previous` (then
+`.previous.1`, ...), before it sends anything; a run that resumes (some of its batches are
+acknowledged) appends.
+
 A batch's rejections are written before the state file acknowledges the batch, so a crash in
 between never loses them; the batch is sent again after the restart. Its rows are then already
 in the file: a writer resuming a workflow skips the rows (file and line) among its last records.
@@ -20,6 +26,7 @@ import csv
 import hashlib
 import os
 import re
+import stat
 import threading
 from typing import Iterable, Sequence, TextIO
 
@@ -74,12 +81,17 @@ class DeadLetterWriter:
     `headers` holds (file name, header) for each data file of the folder. The file is created
     on the first rejection written (no empty files), with mode 0600 from the start. The header
     is written only when the file is empty, so a restart that appends to an existing file does
-    not repeat it. `resuming`: the workflow resumes after a crash, and rows already in the
-    file are not written again.
+    not repeat it. `resuming`: this run continues one cut short (a crash, a postponement), and
+    rows already in the file are not written again. Otherwise a new run begins: an existing
+    file, an earlier run's, is set aside at once (see the module's docstring).
+
+    Raise StateError if an earlier run's file cannot be set aside.
     """
 
     def __init__(self, path: str, headers: Sequence[tuple[str, tuple[str, ...]]], resuming: bool = False):
         self.path = path
+        if not resuming:
+            _set_aside_earlier_run(path)
         self.header, self._places = _columns(headers)
         self._resuming = resuming
         self._written_before: set[tuple[str, str]] = set()   # (file, line) of a reopened file's last records
@@ -157,10 +169,7 @@ class DeadLetterWriter:
         if finished:
             return descriptor
         os.close(descriptor)
-        kept = free_name(self.path + ".cut", os.path.lexists)
-        os.rename(self.path, kept)
-        log.warning("deadletter_set_aside", path=self.path, kept=kept,
-                    reason="its last record is unfinished (a crash while writing?); a new file is begun")
+        _set_aside(self.path, ".cut", "its last record is unfinished (a crash while writing?); a new file is begun")
         return os.open(self.path, flags, 0o600)
 
     def _record(self, rejection: Rejection) -> tuple:
@@ -175,6 +184,31 @@ class DeadLetterWriter:
         for place, value in zip(places, row.values):
             values[place] = value
         return (row.file, row.line, rejection.reason, *values)
+
+
+def _set_aside_earlier_run(path: str) -> None:
+    """Set the file at `path` aside as `.previous` if it holds anything. A symlink or anything
+    else that is not a file is left for the writer to refuse. Raise StateError if it cannot be."""
+    try:
+        found = os.lstat(path)
+    except OSError:   # nothing there; a place that cannot hold the file fails the first write
+        return
+    if not (stat.S_ISREG(found.st_mode) and found.st_size):
+        return
+    try:
+        _set_aside(path, ".previous", "it holds an earlier delivery run's rejections; this run starts "
+                                      "from its first batch and begins a new file")
+    except OSError as error:
+        raise StateError(f"cannot set aside dead-letter file {path}: {error.strerror or error}") from error
+
+
+def _set_aside(path: str, suffix: str, reason: str) -> None:
+    """Rename the file at `path` to the first free `path + suffix` (`.1`, `.2`, ...), durably."""
+    kept = free_name(path + suffix, os.path.lexists)
+    os.rename(path, kept)
+    # durable before the run's first acknowledgement, or a crash could put the rows back for a resumed run
+    _fsync_directory(os.path.dirname(path))
+    log.warning("deadletter_set_aside", path=path, kept=kept, reason=reason)
 
 
 def _read_back(descriptor: int) -> tuple[set[tuple[str, str]], bool]:

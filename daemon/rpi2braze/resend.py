@@ -38,6 +38,7 @@ DATA_FILE = "RPI_Export_resend.txt"
 DIGEST_CHARS = 12
 # The dead-letter file's name, without what a crash or a second cut adds (`.cut`, `.cut.1`).
 _DEADLETTER_NAME = re.compile(r"(.*\.[0-9a-f]{12}\.csv)(?:\.cut(?:\.\d+)?)?")
+_EARLIER_RUN = re.compile(r".*\.csv\.previous(?:\.\d+)?")
 _RESENT_ID = re.compile(r"\.resend-[0-9a-f]{12}$")
 # A spreadsheet saving the file may change its delimiter to its locale's.
 _DELIMITERS = (",", ";", "\t")
@@ -101,6 +102,9 @@ def _read(path: str) -> bytes:
 def _resent_key(settings: Settings, path: str, digest: str) -> WorkflowKey:
     """The key the rows of `path` are resent under. Raise SourceError if no workflow of the
     state file has a dead-letter file of that name."""
+    if _EARLIER_RUN.fullmatch(os.path.basename(path)):
+        raise SourceError(f"{path}: an earlier delivery run's file, set aside when the workflow was sent again: "
+                          "its rows may be older than what that later run delivered; resend the current file")
     match = _DEADLETTER_NAME.fullmatch(os.path.basename(path))
     original = match and _workflow_named(settings.state.path, match[1])
     if not original:

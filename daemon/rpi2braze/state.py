@@ -149,7 +149,8 @@ class StateStore:
         back so its batch numbers come out the same. If the stored fingerprint differs (the files, the
         batching settings or the version changed since, or none was stored), acknowledged batches may
         no longer name the same rows: they are forgotten and the workflow starts again from batch 0. Raise StateError if `key` is unknown or
-        finished (requeue it first), or if `partitions` < 1.
+        finished (requeue it first), or if `partitions` < 1. Acknowledged batches are those of an
+        unfinished run only (finish and requeue forget them too): the dead-letter file relies on it.
         """
         with self._transaction(write=True) as connection:
             workflow, status = _find_id(connection, key)

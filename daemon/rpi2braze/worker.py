@@ -112,8 +112,10 @@ class FolderDelivery:
                 self.key, partitions_for(self.folder, self._context.pool.threads), self._fingerprint())
             with self._production(acked) as (headers, batches):
                 path = workflow_deadletter_path(self._context.state_dir, self.key)
-                # begun before (a crash, a postponement): rows of its batches may be in the file already
-                resuming = record.started_at is not None
+                # Batches stay acknowledged only while a run goes on (finish, requeue and a restart
+                # forget them), and its rejections are in the file then. Without any, every batch is
+                # sent: the file is begun anew, an earlier one set aside (deadletter.py).
+                resuming = bool(acked)
                 with DeadLetterWriter(path, headers, resuming=resuming) as self._deadletter:
                     try:
                         self._send_all(batches)
@@ -127,6 +129,8 @@ class FolderDelivery:
             return self._quarantine(str(error))
         except SourceError as error:
             return self._postpone(f"source problem: {error}")
+        except StateError as error:   # e.g. an earlier run's dead-letter file could not be set aside
+            return self._postpone(str(error))
         except ProductionFailed as error:   # the reading process died: stopped with us, or killed
             if self._context.stop.is_set():
                 self._interrupted = True

@@ -113,7 +113,8 @@ def test_rows_still_bad_go_to_the_resent_workflows_own_file_which_can_be_resent_
      "not a dead-letter file .*begin with file,line,reason"),
     (lambda path, tmp: _write(tmp / os.path.basename(path), "file,line,reason,external_id\n"), "holds no rows"),
     (lambda path, tmp: str(tmp / "missing" / os.path.basename(path)), "cannot read"),
-], ids=["unchanged", "renamed", "not-a-deadletter-file", "no-rows", "missing"])
+    (lambda path, tmp: _copy(path, tmp / (os.path.basename(path) + ".previous")), "an earlier delivery run's file"),
+], ids=["unchanged", "renamed", "not-a-deadletter-file", "no-rows", "missing", "earlier-run"])
 def test_a_file_resend_cannot_use_is_refused_with_the_reason_and_nothing_sent(
         delivered_with_rejections, tmp_path, make, reason):
     sandbox, config, path = delivered_with_rejections

@@ -1,4 +1,4 @@
-"""Dead-letter files: safe paths, private modes, one header, and content that reads back exactly."""
+"""Dead-letter files: safe paths, private modes, one header, one run's rows, content that reads back exactly."""
 
 import csv
 import os
@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from structlog.testing import capture_logs
 
 from rpi2braze.deadletter import DeadLetterWriter, deadletter_path
 from rpi2braze.errors import StateError
@@ -94,7 +95,7 @@ def test_header_written_once_across_writers(tmp_path):
     path = str(tmp_path / "w.csv")
     with DeadLetterWriter(path, HEADERS) as writer:
         assert writer.write([rejection(2, ["u1", "a", "O"]), rejection(3, ["u2", "b", "O"])]) == 2
-    with DeadLetterWriter(path, HEADERS) as writer:  # a restart appends
+    with DeadLetterWriter(path, HEADERS, resuming=True) as writer:  # a restart appends
         assert writer.write([rejection(4, ["u3", "c", "O"])]) == 1
     rows = read_rows(path)
     assert rows[0] == ["file", "line", "reason", *HEADER]
@@ -120,6 +121,56 @@ def test_a_resumed_workflow_gets_only_the_rows_the_file_does_not_hold_yet(tmp_pa
                           ("RPI_Export_2.txt", "2")]
     with DeadLetterWriter(path, HEADERS) as writer:   # a retry: the rows may differ now; all are written
         assert writer.write(FIRST) == 2
+    assert keys(path) == keys(path + ".previous")[:2]
+
+
+@pytest.mark.parametrize("before, after, kept_as", [
+    ({}, {}, None),
+    ({"w.csv": ""}, {"w.csv": ""}, None),   # empty: begun anew in place
+    ({"w.csv": "earlier"}, {"w.csv.previous": "earlier"}, "w.csv.previous"),
+    ({"w.csv": "third", "w.csv.previous": "first", "w.csv.previous.1": "second"},
+     {"w.csv.previous": "first", "w.csv.previous.1": "second", "w.csv.previous.2": "third"}, "w.csv.previous.2"),
+    ({"w.csv": "torn", "w.csv.cut": "cut"}, {"w.csv.cut": "cut", "w.csv.previous": "torn"}, "w.csv.previous"),
+], ids=["none", "empty", "one-earlier-run", "third-run", "next-to-a-cut-file"])
+def test_a_new_run_sets_an_earlier_runs_file_aside_at_once_and_never_deletes_one(tmp_path, before, after, kept_as):
+    for name, content in before.items():
+        (tmp_path / name).write_text(content)
+    path = str(tmp_path / "w.csv")
+    with capture_logs() as logs, DeadLetterWriter(path, HEADERS):   # before any rejection: none may come
+        pass
+    assert {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)} == after
+    shown = [(entry["log_level"], entry["path"], entry["kept"]) for entry in logs
+             if entry["event"] == "deadletter_set_aside"]
+    assert shown == ([] if kept_as is None else [("warning", path, str(tmp_path / kept_as))])
+
+
+def test_an_earlier_runs_file_that_cannot_be_set_aside_stops_the_new_run_before_it_writes(tmp_path):
+    path = tmp_path / ("w" * 250)   # with ".previous" the name is longer than a file name can be
+    path.write_text("earlier")
+    with pytest.raises(StateError, match="cannot set aside dead-letter file"):
+        DeadLetterWriter(str(path), HEADERS)
+    assert path.read_text() == "earlier"
+
+
+def test_a_new_runs_file_holds_its_own_rows_only(tmp_path):
+    path = str(tmp_path / "w.csv")
+    with DeadLetterWriter(path, HEADERS) as writer:
+        writer.write(FIRST)
+    with DeadLetterWriter(path, HEADERS) as writer:
+        assert writer.write([rejection(3, ["u2", "fixed?", "O"]), rejection(4, ["u3", "c", "O"])]) == 2
+    assert read_rows(path)[0] == ["file", "line", "reason", *HEADER]
+    assert [(row[1], row[4]) for row in read_rows(path)[1:]] == [("3", "fixed?"), ("4", "c")]
+    assert keys(path + ".previous") == [("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3")]
+
+
+def test_a_resumed_run_sets_nothing_aside(tmp_path):
+    path = str(tmp_path / "w.csv")
+    with DeadLetterWriter(path, HEADERS) as writer:
+        writer.write(FIRST)
+    with DeadLetterWriter(path, HEADERS, resuming=True) as writer:
+        assert writer.write([rejection(4, ["u3", "c", "O"])]) == 1
+    assert keys(path) == [("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3"), ("RPI_Export_1.txt", "4")]
+    assert os.listdir(tmp_path) == ["w.csv"]
 
 
 @pytest.mark.parametrize("torn", ['RPI_Export_1.txt,9,"cut short\r\nin a quoted value', "RPI_Export_1.txt,9,u9,no line end"],
