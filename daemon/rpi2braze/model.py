@@ -70,7 +70,8 @@ class ExportFolder:
 class RawRow(NamedTuple):
     """One record of an export file: `line` is the 1-based line where it starts.
 
-    `error` is set when the reader could not parse the record; `values` is then empty.
+    `error` is set when the record cannot be delivered as read (a NUL, a byte its encoding cannot
+    decode); `values` then hold its values with those bytes shown as \\xNN, for the dead-letter file.
     A tuple, not a dataclass, because millions are made: it is built in a third of the time,
     and the cyclic garbage collector stops tracking a tuple of strings, which rows held in open
     batches would otherwise make it walk again and again.

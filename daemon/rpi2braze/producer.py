@@ -34,7 +34,7 @@ from rpi2braze.errors import (
 from rpi2braze.log import get_logger
 from rpi2braze.mapping import ColumnPlan, map_row, most_common_width, named_header, plan_columns, row_external_id
 from rpi2braze.model import Batch, ExportFolder, FileEntry, RawRow, Rejection
-from rpi2braze.reader import Table, open_data_stream, read_table
+from rpi2braze.reader import SAMPLE_ROWS, Table, open_data_stream, read_table
 from rpi2braze.settings import MappingSettings, SourceSettings
 from rpi2braze.sources import build_source
 from rpi2braze.sources.base import Source
@@ -44,7 +44,8 @@ log = get_logger(__name__)
 
 # Rows read ahead to learn a file's row width (RPI's prepended IDs: mapping.plan_columns). Every
 # row of an RPI export has one width, so a few suffice; more outvote more ragged rows among them.
-WIDTH_SAMPLE_ROWS = 100
+# The reader judges the file's encoding by the same rows: reading them raises if it is wrong.
+WIDTH_SAMPLE_ROWS = SAMPLE_ROWS
 
 # Errors the child reports by kind, so this process raises the same class the in-process path would.
 ERROR_KINDS: dict[str, type[Rpi2BrazeError]] = {
@@ -144,7 +145,8 @@ def _reopened(tables: list[tuple[Table, ColumnPlan]], job: Job, source: Source,
 
 
 def _planned(table: Table, mapping: MappingSettings) -> tuple[Table, ColumnPlan]:
-    """The table, its first rows read ahead, and its plan for the width most of those rows have."""
+    """The table, its first rows read ahead, and its plan for the width most of those rows have.
+    Raise BadFileError if reading those rows shows the file is in another encoding (reader.py)."""
     first_rows = list(itertools.islice(table.rows, WIDTH_SAMPLE_ROWS))
     plan = plan_columns(table.header, mapping, most_common_width(first_rows))
     return dataclasses.replace(table, rows=itertools.chain(first_rows, table.rows)), plan

@@ -2,9 +2,11 @@
 
 The file is read through io.TextIOWrapper and csv.reader, one record at a time, so a 5 GB export
 costs no more memory than a small one. Undecodable bytes are kept as surrogates
-("surrogateescape"), so one bad byte rejects one row instead of the whole file. Problems with
-the whole file (empty, undecodable header, UTF-16 without a BOM) raise BadFileError; problems
-with one record are returned as a RawRow carrying `error`, for the dead-letter file.
+("surrogateescape"), so one bad byte rejects one row instead of the whole file; but a file whose
+first rows are undecodable is in another encoding, and is bad as a whole. Problems with the
+whole file (empty, undecodable header or first rows, UTF-16 without a BOM) raise BadFileError;
+problems with one record are returned as a RawRow carrying `error` and its values (bad bytes
+shown as \\xNN), for the dead-letter file.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ LINE_LIMIT = FIELD_SIZE_LIMIT
 SNIFF_BYTES = 4096
 BUFFER_BYTES = 256 * 1024
 DELIMITERS = (",", "\t", "|", ";")
+# The first records, which producer.py plans a file's layout from before anything is sent: if two
+# of them (or the only one) cannot be decoded, the file is in another encoding, not one bad row.
+SAMPLE_ROWS = 100
 # Lone surrogates only come from surrogateescape, i.e. from bytes the codec could not decode.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _SUSPECT = re.compile("[\x00\udc80-\udcff]")
@@ -71,8 +76,9 @@ def read_table(stream: BinaryIO, reading: ReadingSettings, file_name: str = "") 
     The header is read now; the records are read as `rows` is consumed. Raise BadFileError if
     the file is empty, has no header, cannot be decoded at the header, or looks like UTF-16
     without a byte order mark; from `rows`, if a record cannot be read, or a quote runs over
-    whole rows (a stray quote, `_runaway_quote`). Raise ConfigError if `reading.encoding` names no codec. Raise
-    SourceUnavailable, here or from `rows`, if reading the stream fails with an OSError.
+    whole rows (a stray quote, `_runaway_quote`), or if two of the first SAMPLE_ROWS records, or
+    the only one, cannot be decoded (`_wrong_encoding`). Raise ConfigError if `reading.encoding`
+    names no codec. Raise SourceUnavailable, here or from `rows`, if reading the stream fails with an OSError.
     """
     label = file_name or "the export file"
     head = _read_head(stream, label)
@@ -252,25 +258,36 @@ def _records(reader, raw: _PrefixedRaw, header: tuple[str, ...], lines_before: i
 
     A record the csv module or the codec cannot read ends the file: raise BadFileError, so the
     workflow is quarantined with the line number instead of being called delivered without the
-    rest of its rows (the rows before it are already yielded).
+    rest of its rows (the rows before it are already yielded). So does a second undecodable
+    record among the first SAMPLE_ROWS, or an only record that is undecodable: the whole file is
+    in another encoding. A record with a NUL or an undecodable byte is yielded with `error` and
+    its values, those bytes shown as \\xNN.
     """
     consumed = reader.line_num
+    records, undecodable = 0, []   # undecodable: the lines of such records among the first SAMPLE_ROWS
     try:
         for values in reader:
             start = lines_before + consumed + 1
             previous, consumed = consumed, reader.line_num
             if not values or (len(values) == 1 and not values[0].strip()):
                 continue
+            records += 1
             if consumed - previous > 1 and not _closes_cleanly(last_line[0], reader.dialect.delimiter) and (
                     problem := _runaway_quote(values, reader.dialect.delimiter, len(header), start)):
                 raise BadFileError(f"{file_name or 'export'}: {problem}")
             if raw.suspect and (problem := _row_problem(values, header, start, encoding)):
-                yield RawRow(start, (), problem, file_name)
+                if records <= SAMPLE_ROWS and not decoded_cleanly("".join(values)):
+                    undecodable.append(start)
+                    if len(undecodable) == 2:
+                        raise _wrong_encoding(file_name, undecodable, encoding)
+                yield RawRow(start, _escaped(values), problem, file_name)
             else:
                 yield RawRow(start, tuple(values), None, file_name)  # positional: measurably faster
     except _BROKEN_DATA as error:
         start = lines_before + consumed + 1
         raise BadFileError(f"{file_name or 'export'}: unreadable from line {start}: {error}") from None
+    if records == 1 and undecodable:
+        raise _wrong_encoding(file_name, undecodable, encoding)
 
 
 def _closes_cleanly(last_line: str, delimiter: str) -> bool:
@@ -327,6 +344,27 @@ def _row_problem(values: list[str], header: tuple[str, ...], start: int, encodin
         column = f" ({header[index]})" if index < len(header) and header[index] else ""
         return f"NUL byte in field {index + 1}{column} of the record at line {start}"
     return f"unreadable record at line {start}"
+
+
+def _escaped(values: list[str]) -> tuple[str, ...]:
+    """The values with each NUL and undecodable byte written as \\xNN, as backslashreplace would:
+    a rejected row keeps all of its values, and shows what is wrong with them, in the dead-letter
+    file (whose values are resent as they are, so nothing there may be lost)."""
+    return tuple(_SUSPECT.sub(_byte_escape, value) for value in values)
+
+
+def _byte_escape(match: re.Match) -> str:
+    # surrogateescape decodes the byte 0xNN it cannot decode as U+DCNN
+    return f"\\x{ord(match.group()) & 0xFF:02x}"
+
+
+def _wrong_encoding(file_name: str, lines: list[int], encoding: str) -> BadFileError:
+    """The error for a file whose first records (at `lines`) are not in `encoding`."""
+    rows = (f"the rows at lines {lines[0]} and {lines[1]} are" if len(lines) > 1
+            else f"its only row, at line {lines[0]}, is")
+    example = " (e.g. cp1252)" if encoding.startswith("utf-8") else ""
+    return BadFileError(f"{file_name or 'export'}: {rows} not valid {_codec_name(encoding)}, so the file is "
+                        f"in another encoding: set reading.encoding to it{example} and retry the workflow")
 
 
 def _line_breaks(text: str) -> int:

@@ -273,22 +273,70 @@ def test_header_only_has_no_rows():
 
 
 @pytest.mark.parametrize(
-    ("bad_line", "error"),
+    ("bad_line", "error", "values"),
     [
-        (b"u2,caf\xe9\n", "invalid UTF-8 bytes in line 3" + HINT),
-        (b'u2,"ok\n\xff"\n', "invalid UTF-8 bytes in line 4" + HINT),
-        (b"u2,a\x00b\n", "NUL byte in field 2 (email) of the record at line 3"),
-        (b"u2,x,a\x00b\n", "NUL byte in field 3 of the record at line 3"),
+        (b"u2,caf\xe9\n", "invalid UTF-8 bytes in line 3" + HINT, ("u2", "caf\\xe9")),
+        (b'u2,"ok\n\xff"\n', "invalid UTF-8 bytes in line 4" + HINT, ("u2", "ok\n\\xff")),
+        (b"u2,a\x00b\n", "NUL byte in field 2 (email) of the record at line 3", ("u2", "a\\x00b")),
+        (b"u2,x,a\x00b\n", "NUL byte in field 3 of the record at line 3", ("u2", "x", "a\\x00b")),
+        # a valid character beside the bad byte stays as it is
+        ("u2,Zoë".encode() + b" \xc3(\n", "invalid UTF-8 bytes in line 3" + HINT, ("u2", "Zoë \\xc3(")),
     ],
-    ids=["latin-1-byte", "bad-byte-on-second-line-of-record", "nul", "nul-beyond-header"],
+    ids=["latin-1-byte", "bad-byte-on-second-line-of-record", "nul", "nul-beyond-header", "mixed"],
 )
-def test_a_bad_row_is_reported_and_the_others_still_read(bad_line, error):
+def test_a_bad_row_is_reported_with_its_bad_bytes_shown_and_the_others_still_read(bad_line, error, values):
     data = b"external_id,email\nu1,a@x.io\n" + bad_line + b"u3,c@x.io\n"
     _, rows = read(data)
     assert rows[0] == RawRow(2, ("u1", "a@x.io"), None, "RPI_Export_1.txt")
-    assert rows[1] == RawRow(3, (), error, "RPI_Export_1.txt")
+    assert rows[1] == RawRow(3, values, error, "RPI_Export_1.txt")
     assert rows[2].values == ("u3", "c@x.io")
     assert rows[2].line == 3 + bad_line.count(b"\n")
+
+
+def good_rows(count: int) -> bytes:
+    return "".join(f"u{number},Zoë\n" for number in range(count)).encode()
+
+
+WRONG = ("not valid UTF-8, so the file is in another encoding: set reading.encoding to it (e.g. cp1252) "
+         "and retry the workflow")
+
+
+@pytest.mark.parametrize(
+    ("data", "reading", "message"),
+    [
+        (b"external_id,first_name\r\nu1,J\xfcrgen\r\nu2,Ren\xe9e\r\n", AUTO,
+         "RPI_Export_1.txt: the rows at lines 2 and 3 are " + WRONG),
+        (b"external_id,first_name\nu1,J\xfcrgen\n", AUTO, "RPI_Export_1.txt: its only row, at line 2, is " + WRONG),
+        (codecs.BOM_UTF8 + b"external_id,first_name\nu1,J\xfcrgen\n", AUTO,
+         "RPI_Export_1.txt: its only row, at line 2, is " + WRONG),
+        # two among the first 100 rows, the second the 100th; blank lines are not rows
+        (b"id,name\n" + good_rows(50) + b"\n\nu50,J\xfcrgen\n" + good_rows(48) + b"u99,Ren\xe9e\nu100,\xe9\n",
+         AUTO, "RPI_Export_1.txt: the rows at lines 54 and 103 are " + WRONG),
+        (b"id\nu\xfc1\nu\xfc2\n", ReadingSettings(encoding="ascii"),
+         "RPI_Export_1.txt: the rows at lines 2 and 3 are not valid ascii, so the file is in another encoding: "
+         "set reading.encoding to it and retry the workflow"),
+    ],
+    ids=["cp1252-file", "only-row", "only-row-after-bom", "two-among-the-first-100", "explicit-codec"],
+)
+def test_a_file_whose_first_rows_cannot_be_decoded_is_bad(data, reading, message):
+    with pytest.raises(BadFileError) as raised:
+        read(data, reading)
+    assert str(raised.value) == message
+
+
+@pytest.mark.parametrize(
+    ("data", "rejected"),
+    [
+        (b"id,name\nu1,J\xfcrgen\nu2,ok\n", [2]),   # one of two rows
+        (b"id,name\n" + good_rows(99) + b"u99,J\xfcrgen\nu100,Ren\xe9e\n", [101, 102]),   # one in the first 100
+        (b"id,name\nu1,a\x00b\nu2,c\x00d\n", [2, 3]),   # a NUL is not a matter of encoding
+    ],
+    ids=["one-of-two", "second-after-the-first-100-rows", "nul-rows"],
+)
+def test_rows_that_do_not_show_another_encoding_are_rejected_one_by_one(data, rejected):
+    _, rows = read(data)
+    assert [row.line for row in rows if row.error] == rejected
+    assert all(row.values for row in rows)
 
 
 class ShortReads(io.RawIOBase):
