@@ -203,6 +203,36 @@ def map_row(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode,
     return result
 
 
+def every_problem(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode, default_phone_region: str,
+                  first: str) -> str:
+    """Given a row map_row rejected with reason `first`, return every reason to reject it, `first`
+    first, joined by " | ": map_row stops at the first bad value, and a row fixed by hand for
+    that one alone would be rejected again for the next. Each other value is mapped on its own
+    (a phone number with the row's country, if that is one), so only rejected rows pay for this."""
+    layout = plan.layout
+    if row.error or len(row.values) != layout.width or row_external_id(plan, row) is None:
+        return first
+
+    def problem(*indexes: int) -> str | None:
+        kept = {layout.id_index, *indexes}
+        alone = row._replace(values=tuple(cell if place in kept else "" for place, cell in enumerate(row.values)))
+        try:
+            map_row(plan, alone, offer, mode, default_phone_region)
+        except RowRejected as rejected:
+            return rejected.reason
+        return None
+
+    country = next((index for index, field, _, _ in layout.scalars if field == "country"), None)
+    with_country = () if country is None or problem(country) else (country,)
+    reasons = [first]
+    for index, value in enumerate(row.values):
+        if index != layout.id_index and value.strip():
+            reason = problem(index, *(with_country if index == layout.phone_index else ()))
+            if reason is not None and reason not in reasons:
+                reasons.append(reason)
+    return " | ".join(reasons)
+
+
 def row_external_id(plan: ColumnPlan, row: RawRow) -> str | None:
     """The external_id map_row would read from `row`, without mapping it; None if it has none."""
     if len(row.values) != plan.layout.width:

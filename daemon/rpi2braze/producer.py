@@ -32,7 +32,8 @@ from rpi2braze.errors import (
     BadFileError, RowRejected, Rpi2BrazeError, SourceError, SourceUnavailable,
 )
 from rpi2braze.log import get_logger
-from rpi2braze.mapping import ColumnPlan, map_row, most_common_width, named_header, plan_columns, row_external_id
+from rpi2braze.mapping import (ColumnPlan, every_problem, map_row, most_common_width, named_header, plan_columns,
+                               row_external_id)
 from rpi2braze.model import Batch, ExportFolder, FileEntry, RawRow, Rejection
 from rpi2braze.reader import SAMPLE_ROWS, Table, open_data_stream, read_table
 from rpi2braze.settings import MappingSettings, SourceSettings
@@ -165,8 +166,8 @@ def _items(tables: list[tuple[Table, ColumnPlan]], job: Job) -> Iterator:
             try:
                 yield row, map_row(plan, row, offer, mode, region)
             except RowRejected as rejected:
-                yield Rejection(row, rejected.reason, partition if partition is not None
-                                else _partition(plan, row, job.partitions))
+                yield Rejection(row, every_problem(plan, row, offer, mode, region, rejected.reason),
+                                partition if partition is not None else _partition(plan, row, job.partitions))
 
 
 def _partition(plan: ColumnPlan, row, partitions: int) -> int:

@@ -41,6 +41,9 @@ CASES = [
     ("1 MB field", HEADER + GOOD + b"bad-1,x@example.com," + b"y" * 1_000_000 + b"\n", "delivered", 2, 1, "255"),
     ("row without an id", HEADER + GOOD + b",x@example.com,a\n", "delivered", 2, 1, "external_id"),
     ("bad email", HEADER + GOOD + b"bad-1,not-an-email,a\n", "delivered", 2, 1, "email"),
+    # every problem of a row is named, so that one round of fixing the dead-letter file suffices
+    ("bad email and a value over 255 characters", HEADER + GOOD + b"bad-1,not-an-email," + b"z" * 256 + b"\n",
+     "delivered", 2, 1, "email 'not-an-email' is not a valid email address | rpi_cdp_attributes.note 'zz"),
     ("value over 255 characters", HEADER + GOOD + b"bad-1,x@example.com," + b"z" * 256 + b"\n", "delivered", 2, 1, "255"),
     # a trailing delimiter on every line: an unnamed last column, empty but in one row
     ("trailing delimiter", b"external_id,email,Note,\nok-1,one@example.com,a,\nok-2,two@example.com,b,\n"

@@ -357,3 +357,34 @@ def test_a_too_long_array_value_is_rejected_on_every_row():
     for identifier in ("u1", "u2"):
         with pytest.raises(RowRejected, match="rpi_audience_outputs 'x"):
             map_row(plan, RawRow(2, (identifier, "x" * 256)), "Offer", ChannelMode.UPSERT, "US")
+
+
+def every_reason(header, values):
+    first = rejection(header, values)
+    plan = plan_columns(tuple(header), MappingSettings())
+    return mapping_module.every_problem(plan, RawRow(line=2, values=tuple(values)), "Spring Offer",
+                                        ChannelMode.UPSERT, "US", first)
+
+
+EVERY = ("external_id", "email", "dob", "phone", "country", "Tier")
+
+
+@pytest.mark.parametrize("values, reasons", [
+    (("u1", "bad", "1800-01-01", "12", "GB", "x" * 300),
+     ["email 'bad' is not a valid", "dob '1800-01-01' is not between", "phone '12' is not a valid phone number "
+      "(numbers without +country code are read as GB (the row's country)", "rpi_cdp_attributes.tier 'xxx"]),
+    # a bad country is named once, and the phone is read without it
+    (("u1", "a@b.co", "", "12", "Narnia", ""),
+     ["country 'Narnia' is not a known country", "phone '12' is not a valid phone number "
+      "(numbers without +country code are read as US (mapping.default_phone_region))"]),
+    (("u1", "bad", "", "", "", ""), ["email 'bad' is not a valid"]),
+])
+def test_every_problem_of_a_rejected_row_is_named_in_order(values, reasons):
+    found = every_reason(EVERY, values).split(" | ")
+    assert len(found) == len(reasons) and all(item.startswith(reason) for item, reason in zip(found, reasons))
+
+
+@pytest.mark.parametrize("values", [("u1", "a", "b"), ("", "bad", "1800-01-01", "12", "GB", "")],
+                         ids=["ragged", "no-external-id"])
+def test_a_row_rejected_as_a_whole_keeps_its_one_reason(values):
+    assert every_reason(EVERY, values) == rejection(EVERY, values)
