@@ -67,3 +67,18 @@ def data_files(entries: Iterable[FileEntry], patterns: tuple[str, ...]) -> tuple
         if not entry.is_dir and classify(entry.name, patterns) is FileKind.DATA
     ]
     return tuple(sorted(found, key=lambda entry: entry.name))
+
+
+def unrecognised(entries: Iterable[FileEntry], patterns: tuple[str, ...], marker_file: str | None) -> list[str]:
+    """The names of a folder's files that are neither data, RPI's siblings nor the marker, if it
+    holds no data file and nothing being written: an export saved under another name. Else []."""
+    kinds = {entry.name: classify(entry.name, patterns) for entry in entries if not entry.is_dir}
+    if FileKind.DATA in kinds.values() or FileKind.TEMPORARY in kinds.values():
+        return []
+    return sorted(name for name, kind in kinds.items() if kind is FileKind.OTHER and name != marker_file)
+
+
+def all_older_than(entries: Iterable[FileEntry], patterns: tuple[str, ...], moment: float) -> bool:
+    """True if the folder has data files and every one was last changed before `moment` (epoch s)."""
+    files = data_files(entries, patterns)
+    return bool(files) and max(entry.mtime for entry in files) < moment

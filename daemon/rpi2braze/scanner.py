@@ -16,7 +16,7 @@ from typing import Callable
 from rpi2braze import metrics
 from rpi2braze.completion import Observation, is_complete, observe
 from rpi2braze.errors import SourceError, SourceUnavailable, StateError
-from rpi2braze.files import data_files
+from rpi2braze.files import all_older_than, data_files, unrecognised
 from rpi2braze.health import HEALTH
 from rpi2braze.log import get_logger
 from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey, WorkflowStatus
@@ -273,6 +273,8 @@ class Scanner:
         watched.observations[key] = observation
         settle = 0.0 if force else settings.settle_seconds
         if not is_complete(observation, now, settle, settings.marker_file, settings.data_files):
+            if now - observation.since >= settings.settle_seconds:
+                self._warn_if_no_data(watched, key, entries)
             return None
         folder = ExportFolder(key, self._channels[key.channel], data_files(entries, settings.data_files),
                               watched.source.describe(key.relpath))
@@ -294,12 +296,20 @@ class Scanner:
         metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
         return folder
 
+    def _warn_if_no_data(self, watched: _Watched, key: WorkflowKey, entries) -> None:
+        """A settled folder holding files, none of them data (an export saved under another name),
+        would wait for good in silence: warn once, naming them and the data_files globs."""
+        settings = watched.settings
+        if others := unrecognised(entries, settings.data_files, settings.marker_file):
+            self._warn_once("folder_without_data_files", key.source, key.relpath,
+                            f"it holds {', '.join(others[:3])} but no file named like "
+                            f"{', '.join(settings.data_files)} (sources[].data_files): not delivered")
+
     def _older_than_cutover(self, watched: _Watched, key: WorkflowKey, entries) -> bool:
-        """True, after saying so once, if the source has `ignore_folders_before` and every data
-        file of the folder is older: written before rpi2braze took over from another tool."""
+        """True, after saying so once, if every data file of the folder is older than the source's
+        `ignore_folders_before`: written before rpi2braze took over from another tool."""
         cutover = watched.settings.ignore_folders_before
-        files = data_files(entries, watched.settings.data_files)
-        if cutover is None or not files or max(entry.mtime for entry in files) >= cutover:
+        if cutover is None or not all_older_than(entries, watched.settings.data_files, cutover):
             return False
         with self._lock:
             self._before_cutover.add(key)

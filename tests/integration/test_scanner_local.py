@@ -390,3 +390,18 @@ def test_data_files_above_the_workflow_folders_are_warned_about_once(world, caps
     assert logged.count("data_files_misplaced") == 2 and queued == []
     assert "RPI_Export_9.txt lie above the workflow folders" in logged and "notes.txt" not in logged
     assert f"{UPSERT}/Offer" in logged and "check the channel's Export path format in RPI" in logged
+
+
+def test_a_settled_folder_without_a_data_file_is_warned_about_once(world, capsys):
+    # An export saved under another name would otherwise wait for good in silence.
+    base, scanner, queued, clock, _, _ = world
+    drop(base, "1", name="fixed_rows.csv")
+    drop(base, "2", name="RPI_Export_2.txt_summary.xml")   # RPI's sibling alone: nothing to say yet
+    scanner.scan_due()
+    assert "folder_without_data_files" not in capsys.readouterr().out   # not settled yet
+    for _ in range(2):
+        clock.now += 31
+        scanner.scan_due()
+    logged = capsys.readouterr().out
+    assert logged.count("folder_without_data_files") == 1 and queued == []
+    assert "it holds fixed_rows.csv but no file named like RPI_Export_*.txt" in logged

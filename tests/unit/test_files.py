@@ -2,7 +2,7 @@
 
 import pytest
 
-from rpi2braze.files import FileKind, classify, data_files, is_temporary
+from rpi2braze.files import FileKind, all_older_than, classify, data_files, is_temporary, unrecognised
 from rpi2braze.model import FileEntry
 from rpi2braze.settings import DEFAULT_DATA_FILES
 
@@ -118,3 +118,22 @@ def test_data_files_keeps_only_data_files_sorted_by_name():
 
 def test_data_files_of_an_empty_folder_is_empty():
     assert data_files([], DEFAULT_DATA_FILES) == ()
+
+
+@pytest.mark.parametrize("names, expected", [
+    (["fixed_rows.csv", "notes.txt", "RPI_Export_1.txt_summary.xml"], ["fixed_rows.csv", "notes.txt"]),
+    (["fixed_rows.csv", "RPI_Export_1.txt"], []),          # a data file: the folder is delivered
+    (["fixed_rows.csv", "RPI_Export_1.txt.part"], []),     # still being written
+    (["RPI_Export_1.txt_summary.xml", "done.ok"], []),     # RPI's sibling and the marker are not exports
+    ([], []),
+])
+def test_unrecognised_names_what_was_saved_instead_of_a_data_file(names, expected):
+    entries = [entry(name) for name in names] + [entry("sub", is_dir=True)]
+    assert unrecognised(entries, DEFAULT_DATA_FILES, "done.ok") == expected
+
+
+@pytest.mark.parametrize("mtimes, expected", [((5.0, 9.0), True), ((5.0, 10.0), False), ((), False)])
+def test_all_older_than_looks_at_every_data_file_and_needs_one(mtimes, expected):
+    entries = [FileEntry(f"RPI_Export_{n}.txt", False, 10, mtime) for n, mtime in enumerate(mtimes)]
+    entries.append(FileEntry("notes.txt", False, 10, 99.0))   # not data: its age does not count
+    assert all_older_than(entries, DEFAULT_DATA_FILES, 10.0) is expected
