@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import time
 
 from rpi2braze import private
 from rpi2braze.errors import SourceError
 from rpi2braze.log import get_logger
 from rpi2braze.model import WorkflowKey
-from rpi2braze.settings import SourceSettings
+from rpi2braze.settings import RESEND_SOURCE, SourceSettings
 from rpi2braze.sources.base import Source
 
 log = get_logger(__name__)
@@ -44,7 +45,10 @@ def quarantine(source: Source, settings: SourceSettings, key: WorkflowKey, reaso
 
 
 def _how_to_retry(key: WorkflowKey, moved: str | None, source: Source) -> str:
-    retry = f"rpi2braze retry {key.workflow_id} --source {key.source} --channel '{key.channel}'"
+    if key.source == RESEND_SOURCE:
+        return "fix the rows of the dead-letter file, then run `rpi2braze resend FILE` again"
+    retry = (f"rpi2braze retry {shlex.quote(key.workflow_id)} --source {shlex.quote(key.source)} "
+             f"--channel {shlex.quote(key.channel)}")
     return f"move it back to {source.describe(key.relpath)}, then {retry}" if moved else retry
 
 

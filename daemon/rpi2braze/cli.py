@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -152,11 +153,12 @@ def command_status(arguments: argparse.Namespace) -> int:
         records = store.records()
     finally:
         store.close()
-    delivering = {record.key for record in records
-                  if record.status not in FINAL_STATUSES and held_elsewhere(settings.directory, record.key)}
+    # key -> whether a process holds it; None where the lock file cannot be read (unknown)
+    delivering = {record.key: held_elsewhere(settings.directory, record.key) for record in records
+                  if record.status not in FINAL_STATUSES}
     if arguments.json:
-        print(json.dumps([record.as_json() | {"being_delivered": record.key in delivering} for record in records],
-                         indent=2))
+        print(json.dumps([record.as_json() | {"being_delivered": delivering.get(record.key, False)}
+                          for record in records], indent=2))
         return EXIT_OK
     # delivered workflows with rejected rows need a look too: their rows are in a dead-letter file
     shown = records if arguments.all else [r for r in records if r.status != WorkflowStatus.DELIVERED
@@ -165,7 +167,7 @@ def command_status(arguments: argparse.Namespace) -> int:
     print("  ".join(f"{name}: {count}" for name, count in counts.items()))
     for record in shown:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.updated_at))
-        orphaned = record.status == WorkflowStatus.IN_PROGRESS and record.key not in delivering
+        orphaned = record.status == WorkflowStatus.IN_PROGRESS and delivering.get(record.key) is False
         print(f"{record.status:<12} {when}  {record.key.source}: {record.key.relpath}  "
               f"delivered {record.rows_delivered}, rejected {record.rows_rejected}"
               + (f"\n{'':14}reason: {record.reason}" if record.reason else "")
@@ -176,7 +178,8 @@ def command_status(arguments: argparse.Namespace) -> int:
 
 
 ORPHANED = ("no process is delivering it now: the one that was ended without finishing (killed?); "
-            "the daemon resumes it, sending only what was not acknowledged")
+            "the daemon resumes it (a configured source's), or the same `process` or `resend` run again, "
+            "sending only what was not acknowledged")
 
 
 def command_retry(arguments: argparse.Namespace) -> int:
@@ -192,6 +195,9 @@ def command_retry(arguments: argparse.Namespace) -> int:
         if record.status == WorkflowStatus.DELIVERED and not arguments.force:
             print(f"rpi2braze: {record.key.source}: {record.key.relpath} was delivered; "
                   "add --force to send it again", file=sys.stderr)
+            return EXIT_FAILED
+        if (unwatched := _not_watched(arguments, record)) is not None:
+            print(unwatched, file=sys.stderr)
             return EXIT_FAILED
         if _moved_away(record.location):
             print(f"rpi2braze: {record.location} is not there; the daemon only looks there: move the folder "
@@ -215,6 +221,20 @@ def _not_one_workflow(arguments: argparse.Namespace, records: list, state_path: 
                      for r in records)
     return (f"rpi2braze: {len(records)} workflows have ID {arguments.workflow_id!r}; "
             f"name one with --source and --channel:{listed}")
+
+
+def _not_watched(arguments: argparse.Namespace, record) -> str | None:
+    """Why requeuing `record` would deliver nothing, if its source is none the daemon scans: a
+    resend, or a folder `process` delivered from outside every configured source."""
+    from rpi2braze.config import configured_source_names, resolve_config_path
+    from rpi2braze.settings import RESEND_SOURCE
+    if record.key.source in configured_source_names(resolve_config_path(getattr(arguments, "config", None))):
+        return None
+    if record.key.source == RESEND_SOURCE:
+        return (f"rpi2braze: {record.key.relpath} was resent by hand (source {RESEND_SOURCE!r}), which the "
+                "daemon never looks at: run `rpi2braze resend FILE` again with its dead-letter file")
+    return (f"rpi2braze: source {record.key.source!r} is not in the config, so the daemon never looks at "
+            f"{record.location}: deliver it with `rpi2braze process --force {shlex.quote(record.location)}`")
 
 
 def _moved_away(location: str) -> bool:

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import ssl
+import time
 import urllib.parse
 from typing import Mapping
 
@@ -59,6 +60,15 @@ def load_state_settings(path: str, environ: Mapping[str, str] = os.environ) -> S
     if checker.problems:
         raise ConfigError(sorted(checker.problems))
     return _state(values, environ, os.path.dirname(os.path.abspath(path)))
+
+
+def configured_source_names(path: str) -> frozenset[str]:
+    """The names of the sources a config file lists, read without checking the rest (no secrets
+    needed): what `retry` needs to know whether the daemon ever looks at a workflow's folder."""
+    document = _read_document(path)
+    sources = document.get("sources") if isinstance(document, dict) else None
+    return frozenset(source["name"] for source in sources or () if isinstance(source, dict)
+                     and isinstance(source.get("name"), str))
 
 
 def _not_a_mapping(document: object) -> ConfigError:
@@ -185,6 +195,9 @@ def _source(values: Checked, path: str, checker: Checker, base_dir: str) -> Sour
     def place(key: str) -> str | None:
         return values.get(key) if on_server else _local_path(values.get(key), base_dir)
 
+    if values.get("ignore_folders_before", 0) > time.time():   # every export until then: ignored
+        checker.add(key_path(path, "ignore_folders_before"), "is in the future: every export written "
+                    "before then would be left alone; set it when the other tool stops")
     if "ca_file" in values.given:   # as the FTPS connection will load it, not at the first scan
         _check_ca_file(_local_path(values.get("ca_file"), base_dir), key_path(path, "ca_file"), checker)
     return SourceSettings(
@@ -224,6 +237,9 @@ def _check_unique_names(sources: tuple[SourceSettings | None, ...], checker: Che
         if source and source.name in first_index:
             checker.add(f"sources[{index}].name", f"{source.name!r} is already the name of "
                                                   f"sources[{first_index[source.name]}]")
+        elif source and source.name in settings.RESERVED_SOURCE_NAMES:
+            checker.add(f"sources[{index}].name", f"{source.name!r} is reserved: `rpi2braze resend` records "
+                                                  "its workflows under that source")
         elif source and source.name:
             first_index[source.name] = index
 

@@ -152,11 +152,11 @@ class WorkflowLocks:
             del _open_files[self._real_path]
 
 
-def held_elsewhere(state_dir: str, key: WorkflowKey) -> bool:
+def held_elsewhere(state_dir: str, key: WorkflowKey) -> bool | None:
     """Whether another process holds `key`'s lock in `state_dir` now: a workflow IN_PROGRESS that
     none holds was left so by a process that ended (a crash, SIGKILL). Only asks the kernel
     (F_GETLK): taking the lock, even for a moment, could make the daemon find its workflow busy.
-    False if there is no lock file."""
+    False if there is no lock file; None if it cannot be read (another user's, unknown)."""
     path = os.path.join(state_dir, LOCK_FILE)
     query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _offset(key), 1, 0)
     with _guard:   # closing a descriptor of the file drops this process's locks: use the open one
@@ -168,6 +168,8 @@ def held_elsewhere(state_dir: str, key: WorkflowKey) -> bool:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 return False
+            except OSError:
+                return None
             try:
                 answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
             finally:

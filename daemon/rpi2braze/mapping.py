@@ -213,20 +213,28 @@ def every_problem(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode, 
     if row.error or len(row.values) != layout.width or row_external_id(plan, row) is None:
         return first
 
+    blank = [""] * layout.width
+    blank[layout.id_index] = row.values[layout.id_index]
+
     def problem(*indexes: int) -> str | None:
-        kept = {layout.id_index, *indexes}
-        alone = row._replace(values=tuple(cell if place in kept else "" for place, cell in enumerate(row.values)))
+        values = blank.copy()
+        for index in indexes:
+            values[index] = row.values[index]
         try:
-            map_row(plan, alone, offer, mode, default_phone_region)
+            map_row(plan, row._replace(values=tuple(values)), offer, mode, default_phone_region)
         except RowRejected as rejected:
             return rejected.reason
         return None
 
     country = next((index for index, field, _, _ in layout.scalars if field == "country"), None)
     with_country = () if country is None or problem(country) else (country,)
+    # A plain string fails only by its length: mapped alone, it would only cost time.
+    checked = ({index for index, _, convert, _ in layout.scalars if convert is not None}
+               | {index for index, _, convert in layout.attributes if convert is not None}
+               | set(layout.unnamed) | {layout.phone_index})
     reasons = [first]
     for index, value in enumerate(row.values):
-        if index != layout.id_index and value.strip():
+        if index != layout.id_index and (value := value.strip()) and (index in checked or len(value) > MAX_CHARS):
             reason = problem(index, *(with_country if index == layout.phone_index else ()))
             if reason is not None and reason not in reasons:
                 reasons.append(reason)

@@ -61,8 +61,8 @@ def process_folders(settings: Settings, paths: list[str], resolve: Resolve | Non
     """Deliver each folder; return 0 if every one is delivered (now or before), 1 otherwise, and
     128 + the signal's number after SIGINT or SIGTERM: batches in flight finish and are recorded,
     the folder is left pending, and no further folder is started. A second signal ends it at once.
-    A folder whose workflow (channel, offer and ID) was delivered, from this source or another
-    (an archived copy), is sent again only with `force`.
+    A folder whose workflow was delivered is sent again only with `force`, and so is a folder below
+    no configured source (an archived copy) whose channel, offer and ID a source delivered.
     `resolve` turns a path into (folder, source, source settings), raising Rpi2BrazeError if it
     cannot; by default resolve_folder, noting a folder outside every configured source."""
     resolve = resolve or (lambda path: _resolve_noting(settings, path))
@@ -87,8 +87,10 @@ def process_folders(settings: Settings, paths: list[str], resolve: Resolve | Non
     return 1 if failures else 0
 
 
-def _handled_before(state: StateStore, folder: ExportFolder, force: bool) -> bool | None:
-    """None if `folder` is to be sent now; else, having said why not, whether that counts as delivered."""
+def _handled_before(state: StateStore, folder: ExportFolder, force: bool, ad_hoc: bool) -> bool | None:
+    """None if `folder` is to be sent now; else, having said why not, whether that counts as delivered.
+    `ad_hoc`: the folder is below no configured source (an archived copy, say), so the same
+    channel, offer and ID delivered from a source is taken to be this workflow."""
     existing = state.get(folder.key)
     if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
         print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; "
@@ -103,7 +105,7 @@ def _handled_before(state: StateStore, folder: ExportFolder, force: bool) -> boo
               "(--force sends it again)")
         return True
     key = folder.key
-    for record in state.find(key.workflow_id):
+    for record in state.find(key.workflow_id) if ad_hoc else ():
         if ((record.key.channel, record.key.offer) == (key.channel, key.offer) and record.key != key
                 and record.status == WorkflowStatus.DELIVERED):
             print(f"rpi2braze: {folder.location}: workflow {key.relpath} was delivered from source "
@@ -139,7 +141,8 @@ def _process_one(pipeline: Pipeline, path: str, resolve: Resolve, force: bool) -
         print(f"rpi2braze: {error}", file=sys.stderr)
         return False
     state = pipeline.context.state
-    handled = _handled_before(state, folder, force)
+    ad_hoc = source_settings not in pipeline.context.settings.sources
+    handled = _handled_before(state, folder, force, ad_hoc)
     if handled is not None:
         return handled
     delivery = FolderDelivery(folder, source, source_settings, pipeline.context)

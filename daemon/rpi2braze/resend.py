@@ -17,31 +17,30 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import re
 import shutil
 import sys
 
 from rpi2braze import private
-from rpi2braze.deadletter import DEADLETTER_COLUMNS, workflow_deadletter_path
+from rpi2braze.deadletter import workflow_deadletter_path
 from rpi2braze.errors import SourceError
-from rpi2braze.model import ExportFolder, WorkflowKey
+from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowRecord
 from rpi2braze.process import process_folders
-from rpi2braze.settings import ReadingSettings, Settings, SourceSettings
+from rpi2braze.resend_rows import parse_deadletter
+from rpi2braze.settings import RESEND_SOURCE, ReadingSettings, Settings, SourceSettings
 from rpi2braze.sources.base import safe_join
 from rpi2braze.sources.local import LocalSource
-from rpi2braze.state import StateStore
+from rpi2braze.state import FINAL_STATUSES, StateStore
 
-SOURCE = "resend"
+SOURCE = RESEND_SOURCE
 DATA_FILE = "RPI_Export_resend.txt"
 DIGEST_CHARS = 12
 # The dead-letter file's name, without what a crash or a second cut adds (`.cut`, `.cut.1`).
 _DEADLETTER_NAME = re.compile(r"(.*\.[0-9a-f]{12}\.csv)(?:\.cut(?:\.\d+)?)?")
 _EARLIER_RUN = re.compile(r".*\.csv\.previous(?:\.\d+)?")
+_CUT = re.compile(r".*\.csv\.cut(?:\.\d+)?")
 _RESENT_ID = re.compile(r"\.resend-[0-9a-f]{12}$")
-# A spreadsheet saving the file may change its delimiter to its locale's.
-_DELIMITERS = (",", ";", "\t")
 _FIXED_MTIME = 0   # the prepared file's identity is its content: a rerun resumes, never restarts
 
 
@@ -51,7 +50,7 @@ def resend_file(settings: Settings, path: str) -> int:
     base = os.path.join(settings.state.directory, SOURCE)
     try:
         content = _read(path)
-        header, rows = parse_deadletter(content, path)
+        header, rows = parse_deadletter(content, path, torn_end_possible=_CUT.fullmatch(os.path.basename(path)) is not None)
         key = _resent_key(settings, path, hashlib.sha256(content).hexdigest()[:DIGEST_CHARS])
         folder = _prepare(base, key, header, rows)
     except SourceError as error:
@@ -69,28 +68,6 @@ def resend_file(settings: Settings, path: str) -> int:
     return code
 
 
-def parse_deadletter(content: bytes, path: str) -> tuple[list[str], list[list[str]]]:
-    """Given a dead-letter CSV's bytes (UTF-8, with or without a BOM; comma-, semicolon- or
-    tab-separated) and its path for messages, return its export columns and its rows without
-    their first three values. Raise SourceError if it is not a dead-letter file or holds no row."""
-    try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise SourceError(f"{path}: is not UTF-8 text (a spreadsheet can save it as \"CSV UTF-8\")") from None
-    delimiter = next((mark for mark in _DELIMITERS if text.startswith(mark.join(DEADLETTER_COLUMNS) + mark)), None)
-    if delimiter is None:
-        raise SourceError(f"{path}: not a dead-letter file (its header does not begin with "
-                          f"{','.join(DEADLETTER_COLUMNS)})")
-    try:
-        records = [record for record in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(record)]
-    except csv.Error as error:
-        raise SourceError(f"{path}: cannot be read as CSV: {error}") from None
-    if len(records) < 2:
-        raise SourceError(f"{path}: holds no rows to resend")
-    width = len(DEADLETTER_COLUMNS)
-    return records[0][width:], [record[width:] for record in records[1:]]
-
-
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as stream:
@@ -106,23 +83,27 @@ def _resent_key(settings: Settings, path: str, digest: str) -> WorkflowKey:
         raise SourceError(f"{path}: an earlier delivery run's file, set aside when the workflow was sent again: "
                           "its rows may be older than what that later run delivered; resend the current file")
     match = _DEADLETTER_NAME.fullmatch(os.path.basename(path))
-    original = match and _workflow_named(settings.state.path, match[1])
-    if not original:
+    record = match and _workflow_named(settings.state.path, match[1])
+    if not record:
         raise SourceError(f"{path}: no workflow in {settings.state.path} has a dead-letter file of that "
                           "name (resend takes the file `status` names, fixed, under its own name)")
+    if record.status not in FINAL_STATUSES:   # its file may still grow; a resend now and one later would overlap
+        raise SourceError(f"{path}: its workflow is {record.status}, still being delivered; resend its rows "
+                          "once it is delivered")
+    original = record.key
     if original.channel not in settings.channels:
         raise SourceError(f"{path}: its workflow's channel {original.channel!r} is no longer configured")
     workflow_id = _RESENT_ID.sub("", original.workflow_id)
     return WorkflowKey(SOURCE, original.channel, original.offer, f"{workflow_id}.resend-{digest}")
 
 
-def _workflow_named(state_path: str, name: str) -> WorkflowKey | None:
+def _workflow_named(state_path: str, name: str) -> WorkflowRecord | None:
     if not os.path.exists(state_path):
         return None
     store = StateStore(state_path)
     try:
         state_dir = os.path.dirname(os.path.abspath(state_path))
-        return next((record.key for record in store.records()
+        return next((record for record in store.records()
                      if os.path.basename(workflow_deadletter_path(state_dir, record.key)) == name), None)
     finally:
         store.close()

@@ -307,14 +307,17 @@ class Scanner:
 
     def _older_than_cutover(self, watched: _Watched, key: WorkflowKey, entries) -> bool:
         """True, after saying so once, if every data file of the folder is older than the source's
-        `ignore_folders_before`: written before rpi2braze took over from another tool."""
+        `ignore_folders_before` and the state file does not know it: written before rpi2braze
+        took over from another tool."""
         cutover = watched.settings.ignore_folders_before
         if cutover is None or not all_older_than(entries, watched.settings.data_files, cutover):
             return False
+        if self._state.get(key) is not None:   # begun by rpi2braze: finished, whatever its age
+            return False
         with self._lock:
             self._before_cutover.add(key)
-        log.info("folder_ignored", source=key.source, folder=key.relpath,
-                 reason="its data files are older than the source's ignore_folders_before")
+        log.warning("folder_ignored", source=key.source, folder=key.relpath,
+                    reason="its data files are older than the source's ignore_folders_before; not delivered")
         return True
 
     def _check_not_back(self, watched: _Watched, key: WorkflowKey) -> None:

@@ -25,6 +25,8 @@ DEFAULT_SCAN_INTERVAL_SECONDS = 10.0
 DEFAULT_PARSE_PROCESS_MIN_BYTES = 16_000_000
 DEFAULT_DATA_FILES = ("RPI_Export_*.txt", "RPI_Export_*.csv", "RPI_Export_*.txt.gz", "RPI_Export_*.csv.gz")
 DEFAULT_PHONE_REGION = "US"
+RESEND_SOURCE = "resend"   # the source `rpi2braze resend` records its workflows under
+RESERVED_SOURCE_NAMES = (RESEND_SOURCE,)
 DEFAULT_CHANNELS = {
     "Braze Onboarding and Upsert": ChannelMode.UPSERT,
     "Braze Append": ChannelMode.APPEND,

@@ -264,6 +264,10 @@ def test_process_says_when_a_folder_is_outside_every_source(tmp_path):
         result = rpi2braze("-c", config, "process", str(elsewhere))
     assert result.returncode == 0
     assert "is not below a configured local or poll source: read with the default reading settings" in result.stderr
+    # the daemon never looks there: requeued, it would stay pending for good
+    refused = rpi2braze("-c", config, "retry", "10", "--force")
+    assert refused.returncode == 1 and "source 'local' is not in the config" in refused.stderr
+    assert f"rpi2braze process --force '{elsewhere}'" in refused.stderr
 
 
 def test_process_sends_a_workflow_delivered_before_only_with_force(tmp_path):

@@ -137,3 +137,24 @@ def _copy(source: str, target) -> str:
 def _write(target, text: str) -> str:
     target.write_text(text)
     return str(target)
+
+
+def test_the_file_of_a_workflow_still_being_delivered_is_not_resent(delivered_with_rejections):
+    # Its file may still grow; a resend now and another later would send rows twice.
+    sandbox, config, path = delivered_with_rejections
+    assert rpi2braze(config, "retry", "42", "--force").returncode == 0
+    requests = len(sandbox.requests)
+    refused = rpi2braze(config, "resend", path)
+    assert refused.returncode == 1 and "its workflow is pending, still being delivered" in refused.stderr
+    assert len(sandbox.requests) == requests
+
+
+def test_retry_of_a_resent_workflow_says_to_resend_again(delivered_with_rejections):
+    # The daemon never looks at source "resend": requeued, it would stay pending for good.
+    sandbox, config, path = delivered_with_rejections
+    fix(path, {"not-an-email": "one.fixed@example.com", "12": "+14155550103"})
+    assert rpi2braze(config, "resend", path).returncode == 0
+    [resent] = [record["workflow_id"] for record in status(config) if record["workflow_id"] != "42"]
+    refused = rpi2braze(config, "retry", resent, "--force")
+    assert refused.returncode == 1 and "run `rpi2braze resend FILE` again" in refused.stderr
+    assert {record["status"] for record in status(config)} == {"delivered"}

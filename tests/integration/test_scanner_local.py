@@ -365,8 +365,11 @@ def test_folders_older_than_the_cutover_are_left_alone_and_not_listed_again(tmp_
         os.utime(mixed / "RPI_Export_1.txt", (cutover - 86400, cutover - 86400))
         drop(base, "mixed", name="RPI_Export_2.txt")
         drop(base, "new")
+        begun = drop(base, "begun")            # old, but rpi2braze began it (a restart mid-delivery)
+        os.utime(begun / "RPI_Export_1.txt", (cutover - 86400, cutover - 86400))
+        state.record_seen(WorkflowKey("drop", UPSERT, "Offer", "begun"), str(begun))
         scanner.scan_due()
-        assert sorted(folder.key.workflow_id for folder in queued) == ["mixed", "new"]
+        assert sorted(folder.key.workflow_id for folder in queued) == ["begun", "mixed", "new"]
         assert state.get(WorkflowKey("drop", UPSERT, "Offer", "old")) is None   # not even pending
         source.listed.clear()
         clock.now += 10

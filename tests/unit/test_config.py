@@ -345,11 +345,11 @@ def test_remote_source_values_and_default_ports():
     assert (ftp.port, ftp.tls, ftp.tls_verify, ftp.password) == (21, True, False, Secret("pw"))
 
 
-CUTOVER = 1796083200.0   # 2026-12-01T00:00:00Z
+CUTOVER = 1780272000.0   # 2026-06-01T00:00:00Z
 
 
 @pytest.mark.parametrize("written", [
-    "2026-12-01T00:00:00Z", "2026-12-01", "'2026-12-01T01:00:00+01:00'", "'2026-12-01 00:00:00Z'",
+    "2026-06-01T00:00:00Z", "2026-06-01", "'2026-06-01T01:00:00+01:00'", "'2026-06-01 00:00:00Z'",
 ])
 def test_ignore_folders_before_takes_a_moment_with_its_time_zone(written):
     doc = yaml.safe_load(f"v: {written}")["v"]   # as YAML reads it: a timestamp, a date or text
@@ -358,7 +358,9 @@ def test_ignore_folders_before_takes_a_moment_with_its_time_zone(written):
 
 
 @pytest.mark.parametrize("written, problem", [
-    ("2026-12-01T00:00:00", "has no time zone: add Z (UTC) or an offset like +01:00"),
+    ("2026-06-01T00:00:00", "has no time zone: add Z (UTC) or an offset like +01:00"),
+    ("2999-01-01T00:00:00Z", "is in the future: every export written before then would be left alone; "
+                             "set it when the other tool stops"),
     ("'yesterday'", "must be a date and time with its time zone, like 2026-12-01T00:00:00Z, not a string"),
     ("1796083200", "must be a date and time with its time zone, like 2026-12-01T00:00:00Z, not a number"),
 ])
@@ -366,6 +368,11 @@ def test_ignore_folders_before_without_a_time_zone_or_a_date_is_a_problem(writte
     doc = yaml.safe_load(f"v: {written}")["v"]
     [reported] = problems_of(document((("sources", 0, "ignore_folders_before"), doc)))
     assert reported == f"sources[0].ignore_folders_before: {problem}"
+
+
+def test_the_resend_commands_source_name_is_reserved():
+    assert problems_of(document((("sources", 0, "name"), "resend"))) == [
+        "sources[0].name: 'resend' is reserved: `rpi2braze resend` records its workflows under that source"]
 
 
 def test_mapping_keys_are_normalised():

@@ -202,3 +202,4 @@ def test_a_state_folder_that_becomes_unusable_is_logged_and_the_locks_go_on(tmp_
         state_dir.unlink()
         (tmp_path / "moved").rename(state_dir)
         locks.close()
+

@@ -1,0 +1,84 @@
+"""The rows of a dead-letter file, fixed by hand, as an export to resend (`rpi2braze resend`).
+
+A dead-letter CSV (deadletter.py) holds `file`, `line` and `reason`, then the columns of the
+workflow's data files, merged by name. Turning it back into an export means dropping the first
+three, folding columns that only differ in spelling (`external_id` in one file, `External ID`
+in another: the mapping would find two external_id columns), and refusing rows that would
+deliver something other than what the operator meant.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+from rpi2braze.deadletter import DEADLETTER_COLUMNS
+from rpi2braze.errors import SourceError
+from rpi2braze.normalize import header_key
+
+# A spreadsheet saving the file may change its delimiter to its locale's.
+DELIMITERS = (",", ";", "\t")
+# Rows the reader could not decode are written with those bytes as \xNN (reader.py); resent
+# unedited, the placeholder would reach Braze as text.
+_BYTES_REASON = re.compile(r"invalid .* bytes in line |NUL byte in field ")
+_BYTE_PLACEHOLDER = re.compile(r"\\x[0-9a-f]{2}")
+_SHOWN_LINES = 5
+
+
+def parse_deadletter(content: bytes, path: str, torn_end_possible: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Given a dead-letter CSV's bytes (UTF-8, with or without a BOM; comma-, semicolon- or
+    tab-separated) and its path for messages, return the export's columns and the rows to resend.
+    `torn_end_possible`: a file set aside after a crash (`.cut`), whose last record, if it does not
+    end a line, is cut short (and written whole in the file that followed): it is left out.
+
+    Raise SourceError if it is not a dead-letter file, holds no row, or a row rejected for bytes
+    its encoding could not decode still holds them as \\xNN.
+    """
+    records = _records(content, path)
+    if torn_end_possible and not content.endswith(b"\n"):
+        records = records[:-1]
+    if len(records) < 2:
+        raise SourceError(f"{path}: holds no rows to resend")
+    _refuse_placeholders(records[1:], path)
+    width = len(DEADLETTER_COLUMNS)
+    return _folded(records[0][width:], [record[width:] for record in records[1:]])
+
+
+def _records(content: bytes, path: str) -> list[list[str]]:
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: is not UTF-8 text (a spreadsheet can save it as \"CSV UTF-8\")") from None
+    delimiter = next((mark for mark in DELIMITERS if text.startswith(mark.join(DEADLETTER_COLUMNS) + mark)), None)
+    if delimiter is None:
+        raise SourceError(f"{path}: not a dead-letter file (its header does not begin with "
+                          f"{','.join(DEADLETTER_COLUMNS)})")
+    try:
+        return [record for record in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(record)]
+    except csv.Error as error:
+        raise SourceError(f"{path}: cannot be read as CSV: {error}") from None
+
+
+def _refuse_placeholders(records: list[list[str]], path: str) -> None:
+    lines = [record[1] for record in records if len(record) > 2 and _BYTES_REASON.match(record[2])
+             and any(_BYTE_PLACEHOLDER.search(value) for value in record[3:])]
+    if lines:
+        shown = ", ".join(lines[:_SHOWN_LINES]) + (", ..." if len(lines) > _SHOWN_LINES else "")
+        raise SourceError(f"{path}: the rows from line {shown} still hold bytes their export's encoding could "
+                          "not decode, shown as \\xNN: write the characters meant in their place, then resend")
+
+
+def _folded(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """Columns whose names the mapping reads as one (header_key) become one, under the first
+    spelling, holding the first non-empty value: each row came from one file, with one of them.
+    A row as wide as no header (a ragged one, written as it was read) stays as it is."""
+    places: dict[str, list[int]] = {}
+    for index, name in enumerate(header):
+        places.setdefault(header_key(name) or f"#{index}", []).append(index)
+    if all(len(indexes) == 1 for indexes in places.values()):
+        return header, rows
+    groups = list(places.values())
+    return ([header[indexes[0]] for indexes in groups],
+            [[next((row[i] for i in indexes if row[i]), "") for indexes in groups] if len(row) == len(header)
+             else row for row in rows])
