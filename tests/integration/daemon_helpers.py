@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -49,6 +50,16 @@ def status(config: str) -> list[dict]:
     result = cli(config, "status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def deadletter_rows(directory) -> list[dict]:
+    """Every row of every dead-letter file below the state directory of a test's `directory`."""
+    rows = []
+    for root, _, names in os.walk(os.path.join(directory, "state", "deadletter")):
+        for name in names:
+            with open(os.path.join(root, name), newline="", encoding="utf-8") as handle:
+                rows.extend(csv.DictReader(handle))
+    return rows
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):

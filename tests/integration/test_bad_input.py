@@ -4,7 +4,6 @@ Every case is delivered with `process_folders` to the Braze sandbox over real HT
 state file, the dead-letter CSV and the sandbox's profiles are read back.
 """
 
-import csv
 import dataclasses
 import os
 import stat
@@ -14,7 +13,7 @@ import sys
 
 import pytest
 
-from daemon_helpers import API_KEY, environment, local_source, write_config
+from daemon_helpers import API_KEY, deadletter_rows, environment, local_source, write_config
 from rpi2braze.config import load_settings
 from rpi2braze.process import process_folders
 from rpi2braze.sandbox.server import SandboxServer
@@ -68,15 +67,6 @@ def setup(tmp_path, sandbox, content: bytes, channel: str = UPSERT):
     config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
     os.environ["TEST_BRAZE_API_KEY"] = API_KEY
     return load_settings(config), config, folder
-
-
-def deadletter_rows(tmp_path) -> list[dict]:
-    rows = []
-    for root, _, names in os.walk(tmp_path / "state" / "deadletter"):
-        for name in names:
-            with open(os.path.join(root, name), newline="", encoding="utf-8") as handle:
-                rows.extend(csv.DictReader(handle))
-    return rows
 
 
 @pytest.mark.parametrize("name, content, expected, delivered, rejected, words", CASES, ids=[case[0] for case in CASES])

@@ -2,12 +2,10 @@
 quarantined with a reason naming the encoding to set, and a single bad row of a good file is
 dead-lettered with its values, bad bytes shown, and never sent."""
 
-import csv
-import os
 
 import pytest
 
-from daemon_helpers import API_KEY, cli, local_source, status, write_config
+from daemon_helpers import API_KEY, cli, deadletter_rows, local_source, status, write_config
 from rpi2braze.sandbox.server import SandboxServer
 
 UPSERT = "Braze Onboarding and Upsert"
@@ -32,15 +30,6 @@ def process(tmp_path, sandbox, content: bytes, reading: str):
     result = cli(config, "process", str(folder))
     [record] = status(config)
     return result, record
-
-
-def deadletter_rows(tmp_path) -> list[dict]:
-    rows = []
-    for root, _, names in os.walk(tmp_path / "state" / "deadletter"):
-        for name in names:
-            with open(os.path.join(root, name), newline="", encoding="utf-8") as handle:
-                rows.extend(csv.DictReader(handle))
-    return rows
 
 
 @READING
