@@ -2,7 +2,6 @@
 quarantined with a reason naming the encoding to set, and a single bad row of a good file is
 dead-lettered with its values, bad bytes shown, and never sent."""
 
-
 import pytest
 
 from daemon_helpers import API_KEY, cli, deadletter_rows, local_source, status, write_config
