@@ -1,3 +1,3 @@
 """rpi2braze: deliver Redpoint Interaction Outbound Delivery exports to Braze."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
