@@ -228,7 +228,8 @@ def _not_watched(arguments: argparse.Namespace, record) -> str | None:
     resend, or a folder `process` delivered from outside every configured source."""
     from rpi2braze.config import configured_source_names, resolve_config_path
     from rpi2braze.settings import RESEND_SOURCE
-    if record.key.source in configured_source_names(resolve_config_path(getattr(arguments, "config", None))):
+    names = configured_source_names(resolve_config_path(getattr(arguments, "config", None)))
+    if names is None or record.key.source in names:   # None: a name this shell cannot work out
         return None
     if record.key.source == RESEND_SOURCE:
         return (f"rpi2braze: {record.key.relpath} was resent by hand (source {RESEND_SOURCE!r}), which the "

@@ -20,7 +20,7 @@ from typing import Mapping
 import phonenumbers
 
 from rpi2braze import braze_client, normalize, settings
-from rpi2braze.config_check import Checked, Checker, describe, key_path
+from rpi2braze.config_check import INVALID, Checked, Checker, describe, key_path, substitute
 from rpi2braze.config_schema import CONFIG, DEFAULT_PORTS, LOCAL_TYPES, REMOTE_REQUIRED, SOURCE_KEYS_BY_TYPE
 from rpi2braze.config_schema import json_schema  # noqa: F401  (part of this module's API)
 from rpi2braze.errors import ConfigError
@@ -62,13 +62,22 @@ def load_state_settings(path: str, environ: Mapping[str, str] = os.environ) -> S
     return _state(values, environ, os.path.dirname(os.path.abspath(path)))
 
 
-def configured_source_names(path: str) -> frozenset[str]:
+def configured_source_names(path: str, environ: Mapping[str, str] = os.environ) -> frozenset[str] | None:
     """The names of the sources a config file lists, read without checking the rest (no secrets
-    needed): what `retry` needs to know whether the daemon ever looks at a workflow's folder."""
+    needed): what `retry` needs to know whether the daemon ever looks at a workflow's folder.
+    None if a name cannot be worked out here (a ${VAR} this shell does not set)."""
     document = _read_document(path)
     sources = document.get("sources") if isinstance(document, dict) else None
-    return frozenset(source["name"] for source in sources or () if isinstance(source, dict)
-                     and isinstance(source.get("name"), str))
+    checker, names = Checker(environ), set()
+    for index, source in enumerate(sources if isinstance(sources, list) else ()):
+        name = source.get("name") if isinstance(source, dict) else None
+        if isinstance(name, str) and "$" in name:
+            name = substitute(name, f"sources[{index}].name", checker, secret=False)
+            if name is INVALID:
+                return None
+        if isinstance(name, str):
+            names.add(name)
+    return frozenset(names)
 
 
 def _not_a_mapping(document: object) -> ConfigError:

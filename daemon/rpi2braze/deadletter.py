@@ -46,6 +46,7 @@ KEY_HASH_CHARS = 12
 log = get_logger(__name__)
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+_CUT_NAME = re.compile(r".*\.csv\.cut(?:\.\d+)?")
 
 
 def deadletter_path(directory: str, key: WorkflowKey) -> str:
@@ -187,24 +188,32 @@ class DeadLetterWriter:
 
 
 def _set_aside_earlier_run(path: str) -> None:
-    """Set the file at `path` aside as `.previous` if it holds anything. A symlink or anything
-    else that is not a file is left for the writer to refuse. Raise StateError if it cannot be."""
+    """Set the file at `path` aside as `.previous` if it holds anything, and so the earlier run's
+    `.cut` files (resend takes those as the current run's). A symlink or anything else that is not
+    a file is left for the writer to refuse. Raise StateError if one cannot be set aside."""
+    directory, name = os.path.split(path)
     try:
-        found = os.lstat(path)
-    except OSError:   # nothing there; a place that cannot hold the file fails the first write
-        return
-    if not (stat.S_ISREG(found.st_mode) and found.st_size):
-        return
-    try:
-        _set_aside(path, ".previous", "it holds an earlier delivery run's rejections; this run starts "
-                                      "from its first batch and begins a new file")
-    except OSError as error:
-        raise StateError(f"cannot set aside dead-letter file {path}: {error.strerror or error}") from error
+        cut = sorted(entry for entry in os.listdir(directory or ".") if _CUT_NAME.fullmatch(entry)
+                     and entry.startswith(name + "."))
+    except OSError:   # no folder yet; one that cannot be listed fails the first write
+        cut = []
+    for earlier in (path, *(os.path.join(directory, entry) for entry in cut)):
+        try:
+            found = os.lstat(earlier)
+        except OSError:   # nothing there
+            continue
+        if not (stat.S_ISREG(found.st_mode) and found.st_size):
+            continue
+        try:
+            _set_aside(earlier, ".previous", "it holds an earlier delivery run's rejections; this run starts "
+                                             "from its first batch and begins a new file", target=path)
+        except OSError as error:
+            raise StateError(f"cannot set aside dead-letter file {earlier}: {error.strerror or error}") from error
 
 
-def _set_aside(path: str, suffix: str, reason: str) -> None:
-    """Rename the file at `path` to the first free `path + suffix` (`.1`, `.2`, ...), durably."""
-    kept = free_name(path + suffix, os.path.lexists)
+def _set_aside(path: str, suffix: str, reason: str, target: str | None = None) -> None:
+    """Rename the file at `path` to the first free `(target or path) + suffix` (`.1`, `.2`, ...), durably."""
+    kept = free_name((target or path) + suffix, os.path.lexists)
     os.rename(path, kept)
     # durable before the run's first acknowledgement, or a crash could put the rows back for a resumed run
     _fsync_directory(os.path.dirname(path))

@@ -226,12 +226,17 @@ def every_problem(plan: ColumnPlan, row: RawRow, offer: str, mode: ChannelMode, 
             return rejected.reason
         return None
 
+    if problem() is not None:   # the external_id itself (too long): the others are judged without it
+        blank[layout.id_index] = "x"
     country = next((index for index, field, _, _ in layout.scalars if field == "country"), None)
-    with_country = () if country is None or problem(country) else (country,)
-    # A plain string fails only by its length: mapped alone, it would only cost time.
+    bad_country = country is not None and problem(country) is not None
+    # A plain string fails only by its length: mapped alone, it would only cost time. A phone
+    # number cannot be judged without the country it is read in.
     checked = ({index for index, _, convert, _ in layout.scalars if convert is not None}
-               | {index for index, _, convert in layout.attributes if convert is not None}
-               | set(layout.unnamed) | {layout.phone_index})
+               | {index for index, _, convert in layout.attributes if convert is not None} | set(layout.unnamed))
+    if not bad_country:
+        checked.add(layout.phone_index)
+    with_country = () if country is None or bad_country else (country,)
     reasons = [first]
     for index, value in enumerate(row.values):
         if index != layout.id_index and (value := value.strip()) and (index in checked or len(value) > MAX_CHARS):

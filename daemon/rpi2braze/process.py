@@ -15,8 +15,8 @@ from rpi2braze.files import data_files
 from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.pipeline import Pipeline
 from rpi2braze.progress import Progress
-from rpi2braze.settings import Settings, SourceSettings
-from rpi2braze.state import StateStore
+from rpi2braze.settings import RESEND_SOURCE, Settings, SourceSettings
+from rpi2braze.state import FINAL_STATUSES, StateStore
 from rpi2braze.sources.local import LocalSource
 from rpi2braze.worker import FolderDelivery
 
@@ -89,28 +89,29 @@ def process_folders(settings: Settings, paths: list[str], resolve: Resolve | Non
 
 def _handled_before(state: StateStore, folder: ExportFolder, force: bool, ad_hoc: bool) -> bool | None:
     """None if `folder` is to be sent now; else, having said why not, whether that counts as delivered.
-    `ad_hoc`: the folder is below no configured source (an archived copy, say), so the same
-    channel, offer and ID delivered from a source is taken to be this workflow."""
+    `force` sends a workflow delivered, failed or quarantined before. `ad_hoc`: the folder is below
+    no configured source (an archived copy, say), so the same channel, offer and ID delivered from
+    a source is taken to be this workflow."""
     existing = state.get(folder.key)
-    if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
-        print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; "
-              f"after fixing it: rpi2braze retry {folder.key.workflow_id}", file=sys.stderr)
-        return False
     if force:
-        if existing is not None and existing.status == WorkflowStatus.DELIVERED:
+        if existing is not None and existing.status in FINAL_STATUSES:
             state.requeue(folder.key)
         return None
+    again = "" if folder.key.source == RESEND_SOURCE else " (--force sends it again)"
+    if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
+        daemon = "" if ad_hoc else f", or `rpi2braze retry {folder.key.workflow_id}` for the daemon to"
+        print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; after fixing it, "
+              f"run this again with --force{daemon}", file=sys.stderr)
+        return False
     if existing is not None and existing.status == WorkflowStatus.DELIVERED:
-        print(f"already delivered: {folder.location} ({existing.rows_delivered} rows); not sent again "
-              "(--force sends it again)")
+        print(f"already delivered: {folder.location} ({existing.rows_delivered} rows); not sent again{again}")
         return True
     key = folder.key
     for record in state.find(key.workflow_id) if ad_hoc else ():
         if ((record.key.channel, record.key.offer) == (key.channel, key.offer) and record.key != key
                 and record.status == WorkflowStatus.DELIVERED):
             print(f"rpi2braze: {folder.location}: workflow {key.relpath} was delivered from source "
-                  f"{record.key.source!r} ({record.location}); not sent again (--force sends it again)",
-                  file=sys.stderr)
+                  f"{record.key.source!r} ({record.location}); not sent again{again}", file=sys.stderr)
             return False
     return None
 

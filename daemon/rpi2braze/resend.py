@@ -25,7 +25,7 @@ import sys
 from rpi2braze import private
 from rpi2braze.deadletter import workflow_deadletter_path
 from rpi2braze.errors import SourceError
-from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowRecord
+from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowRecord, WorkflowStatus
 from rpi2braze.process import process_folders
 from rpi2braze.resend_rows import parse_deadletter
 from rpi2braze.settings import RESEND_SOURCE, ReadingSettings, Settings, SourceSettings
@@ -50,7 +50,7 @@ def resend_file(settings: Settings, path: str) -> int:
     base = os.path.join(settings.state.directory, SOURCE)
     try:
         content = _read(path)
-        header, rows = parse_deadletter(content, path, torn_end_possible=_CUT.fullmatch(os.path.basename(path)) is not None)
+        header, rows = parse_deadletter(content, path, cut_short=_CUT.fullmatch(os.path.basename(path)) is not None)
         key = _resent_key(settings, path, hashlib.sha256(content).hexdigest()[:DIGEST_CHARS])
         folder = _prepare(base, key, header, rows)
     except SourceError as error:
@@ -62,7 +62,9 @@ def resend_file(settings: Settings, path: str) -> int:
     entries = tuple(entry for entry in source.list_dir(key.relpath) if entry.name == DATA_FILE)
     export = ExportFolder(key, settings.channels[key.channel], entries, folder)
     print(f"resending {len(rows)} rows of {path} as {SOURCE}: {key.relpath}")
-    code = process_folders(settings, [folder], resolve=lambda _: (export, source, source_settings))
+    # The same file again after its resend failed or was quarantined is the operator's retry.
+    again = _status(settings.state.path, key) in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED)
+    code = process_folders(settings, [folder], resolve=lambda _: (export, source, source_settings), force=again)
     if code == 0:   # delivered; otherwise a second run, or another process at it now, reads the same bytes
         shutil.rmtree(folder, ignore_errors=True)
     return code
@@ -95,6 +97,12 @@ def _resent_key(settings: Settings, path: str, digest: str) -> WorkflowKey:
         raise SourceError(f"{path}: its workflow's channel {original.channel!r} is no longer configured")
     workflow_id = _RESENT_ID.sub("", original.workflow_id)
     return WorkflowKey(SOURCE, original.channel, original.offer, f"{workflow_id}.resend-{digest}")
+
+
+def _status(state_path: str, key: WorkflowKey) -> WorkflowStatus | None:
+    with StateStore(state_path) as store:
+        record = store.get(key)
+    return record and record.status
 
 
 def _workflow_named(state_path: str, name: str) -> WorkflowRecord | None:

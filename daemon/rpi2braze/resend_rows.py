@@ -26,21 +26,26 @@ _BYTE_PLACEHOLDER = re.compile(r"\\x[0-9a-f]{2}")
 _SHOWN_LINES = 5
 
 
-def parse_deadletter(content: bytes, path: str, torn_end_possible: bool = False) -> tuple[list[str], list[list[str]]]:
+def parse_deadletter(content: bytes, path: str, cut_short: bool = False) -> tuple[list[str], list[list[str]]]:
     """Given a dead-letter CSV's bytes (UTF-8, with or without a BOM; comma-, semicolon- or
     tab-separated) and its path for messages, return the export's columns and the rows to resend.
-    `torn_end_possible`: a file set aside after a crash (`.cut`), whose last record, if it does not
-    end a line, is cut short (and written whole in the file that followed): it is left out.
+    `cut_short`: a file set aside after a crash (`.cut`), because its last record is unfinished
+    (that row is written whole in the file that followed): the last record is left out.
 
-    Raise SourceError if it is not a dead-letter file, holds no row, or a row rejected for bytes
-    its encoding could not decode still holds them as \\xNN.
+    Raise SourceError if it is not a dead-letter file, holds no row, holds a row not as wide as
+    its header (a ragged one, written as it was read: its values would land in other columns), or
+    a row rejected for bytes its encoding could not decode still holds them as \\xNN.
     """
     records = _records(content, path)
-    if torn_end_possible and not content.endswith(b"\n"):
+    if cut_short:
         records = records[:-1]
     if len(records) < 2:
         raise SourceError(f"{path}: holds no rows to resend")
-    _refuse_placeholders(records[1:], path)
+    _refuse(records[1:], path, lambda record: len(record) != len(records[0]),
+            f"are not as wide as its header ({len(records[0])} values), as rows rejected for their "
+            "number of fields are written: give them the header's columns, or delete them")
+    _refuse(records[1:], path, _holds_placeholders, "still hold bytes their export's encoding could not "
+            "decode, shown as \\xNN: write the characters meant in their place, then resend")
     width = len(DEADLETTER_COLUMNS)
     return _folded(records[0][width:], [record[width:] for record in records[1:]])
 
@@ -60,19 +65,21 @@ def _records(content: bytes, path: str) -> list[list[str]]:
         raise SourceError(f"{path}: cannot be read as CSV: {error}") from None
 
 
-def _refuse_placeholders(records: list[list[str]], path: str) -> None:
-    lines = [record[1] for record in records if len(record) > 2 and _BYTES_REASON.match(record[2])
-             and any(_BYTE_PLACEHOLDER.search(value) for value in record[3:])]
+def _refuse(records: list[list[str]], path: str, wrong, why: str) -> None:
+    """Raise SourceError naming the lines of the records `wrong` says are, and `why`."""
+    lines = [record[1] if len(record) > 1 else "?" for record in records if wrong(record)]
     if lines:
         shown = ", ".join(lines[:_SHOWN_LINES]) + (", ..." if len(lines) > _SHOWN_LINES else "")
-        raise SourceError(f"{path}: the rows from line {shown} still hold bytes their export's encoding could "
-                          "not decode, shown as \\xNN: write the characters meant in their place, then resend")
+        raise SourceError(f"{path}: the rows from line {shown} {why}")
+
+
+def _holds_placeholders(record: list[str]) -> bool:
+    return bool(_BYTES_REASON.match(record[2])) and any(_BYTE_PLACEHOLDER.search(value) for value in record[3:])
 
 
 def _folded(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
     """Columns whose names the mapping reads as one (header_key) become one, under the first
-    spelling, holding the first non-empty value: each row came from one file, with one of them.
-    A row as wide as no header (a ragged one, written as it was read) stays as it is."""
+    spelling, holding the first non-empty value: each row came from one file, with one of them."""
     places: dict[str, list[int]] = {}
     for index, name in enumerate(header):
         places.setdefault(header_key(name) or f"#{index}", []).append(index)
@@ -80,5 +87,4 @@ def _folded(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[l
         return header, rows
     groups = list(places.values())
     return ([header[indexes[0]] for indexes in groups],
-            [[next((row[i] for i in indexes if row[i]), "") for indexes in groups] if len(row) == len(header)
-             else row for row in rows])
+            [[next((row[i] for i in indexes if row[i]), "") for indexes in groups] for row in rows])

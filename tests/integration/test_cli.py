@@ -201,6 +201,36 @@ def test_retry_refuses_a_folder_that_is_no_longer_where_the_daemon_looks(tmp_pat
     assert rpi2braze("-c", config, "retry", "9", "--force").returncode == 0
 
 
+@pytest.mark.parametrize("shell_sets_the_name", [True, False])
+def test_retry_works_for_a_source_whose_name_comes_from_the_environment(tmp_path, shell_sets_the_name):
+    folder = tmp_path / "exports" / UPSERT / "Offer" / "5"
+    folder.mkdir(parents=True)
+    (folder / "RPI_Export_5.txt").write_text("external_id\nu-1\n")
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url,
+                              local_source(str(tmp_path / "exports")).replace("name: drop", "name: ${SITE}-drop"))
+        assert rpi2braze("-c", config, "process", str(folder), env={**environment(), "SITE": "prod"}).returncode == 0
+    shell = {**environment(), "SITE": "prod"} if shell_sets_the_name else environment()
+    retried = rpi2braze("-c", config, "retry", "5", "--force", env=shell)
+    assert retried.returncode == 0 and "re-queued prod-drop:" in retried.stdout
+
+
+def test_a_quarantined_folder_outside_every_source_is_sent_again_with_process_force(tmp_path):
+    elsewhere = tmp_path / "elsewhere" / UPSERT / "Offer" / "77"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "RPI_Export_77.txt").write_text("first_name\nAnn\n")   # no external_id column
+    with SandboxServer(api_key=API_KEY) as sandbox:
+        config = write_config(str(tmp_path), sandbox.url, local_source(str(tmp_path / "exports")))
+        assert rpi2braze("-c", config, "process", str(elsewhere)).returncode == 1
+        again = rpi2braze("-c", config, "process", str(elsewhere))
+        assert again.returncode == 1 and "after fixing it, run this again with --force" in again.stderr
+        assert "retry" not in again.stderr   # the daemon never looks there
+        (elsewhere / "RPI_Export_77.txt").write_text("external_id,first_name\nu-77,Ann\n")
+        forced = rpi2braze("-c", config, "process", "--force", str(elsewhere))
+        assert forced.returncode == 0 and "delivered" in forced.stdout
+        assert "u-77" in sandbox.store.all()
+
+
 def test_retry_of_an_id_two_workflows_share_names_them_and_takes_the_one_chosen(tmp_path):
     # RPI may use one Workflow ID in both channels: retry must not requeue both.
     delivered_workflow(tmp_path, "6")

@@ -124,15 +124,19 @@ def test_a_resumed_workflow_gets_only_the_rows_the_file_does_not_hold_yet(tmp_pa
     assert keys(path) == keys(path + ".previous")[:2]
 
 
-@pytest.mark.parametrize("before, after, kept_as", [
-    ({}, {}, None),
-    ({"w.csv": ""}, {"w.csv": ""}, None),   # empty: begun anew in place
-    ({"w.csv": "earlier"}, {"w.csv.previous": "earlier"}, "w.csv.previous"),
+@pytest.mark.parametrize("before, after, set_aside", [
+    ({}, {}, []),
+    ({"w.csv": ""}, {"w.csv": ""}, []),   # empty: begun anew in place
+    ({"w.csv": "earlier"}, {"w.csv.previous": "earlier"}, [("w.csv", "w.csv.previous")]),
     ({"w.csv": "third", "w.csv.previous": "first", "w.csv.previous.1": "second"},
-     {"w.csv.previous": "first", "w.csv.previous.1": "second", "w.csv.previous.2": "third"}, "w.csv.previous.2"),
-    ({"w.csv": "torn", "w.csv.cut": "cut"}, {"w.csv.cut": "cut", "w.csv.previous": "torn"}, "w.csv.previous"),
+     {"w.csv.previous": "first", "w.csv.previous.1": "second", "w.csv.previous.2": "third"},
+     [("w.csv", "w.csv.previous.2")]),
+    # a .cut file is the earlier run's too: left as it is, resend would take it for the current run's
+    ({"w.csv": "torn", "w.csv.cut": "cut", "other.csv.cut": "x"},
+     {"w.csv.previous": "torn", "w.csv.previous.1": "cut", "other.csv.cut": "x"},
+     [("w.csv", "w.csv.previous"), ("w.csv.cut", "w.csv.previous.1")]),
 ], ids=["none", "empty", "one-earlier-run", "third-run", "next-to-a-cut-file"])
-def test_a_new_run_sets_an_earlier_runs_file_aside_at_once_and_never_deletes_one(tmp_path, before, after, kept_as):
+def test_a_new_run_sets_an_earlier_runs_file_aside_at_once_and_never_deletes_one(tmp_path, before, after, set_aside):
     for name, content in before.items():
         (tmp_path / name).write_text(content)
     path = str(tmp_path / "w.csv")
@@ -141,7 +145,7 @@ def test_a_new_run_sets_an_earlier_runs_file_aside_at_once_and_never_deletes_one
     assert {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)} == after
     shown = [(entry["log_level"], entry["path"], entry["kept"]) for entry in logs
              if entry["event"] == "deadletter_set_aside"]
-    assert shown == ([] if kept_as is None else [("warning", path, str(tmp_path / kept_as))])
+    assert shown == [("warning", str(tmp_path / name), str(tmp_path / kept)) for name, kept in set_aside]
 
 
 def test_an_earlier_runs_file_that_cannot_be_set_aside_stops_the_new_run_before_it_writes(tmp_path):

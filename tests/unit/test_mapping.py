@@ -373,10 +373,10 @@ EVERY = ("external_id", "email", "dob", "phone", "country", "Tier")
     (("u1", "bad", "1800-01-01", "12", "GB", "x" * 300),
      ["email 'bad' is not a valid", "dob '1800-01-01' is not between", "phone '12' is not a valid phone number "
       "(numbers without +country code are read as GB (the row's country)", "rpi_cdp_attributes.tier 'xxx"]),
-    # a bad country is named once, and the phone is read without it
-    (("u1", "a@b.co", "", "12", "Narnia", ""),
-     ["country 'Narnia' is not a known country", "phone '12' is not a valid phone number "
-      "(numbers without +country code are read as US (mapping.default_phone_region))"]),
+    # a bad country is named once, and the phone is not judged without it ("030 1234567" is fine in DE)
+    (("u1", "a@b.co", "", "030 1234567", "Germny", ""), ["country 'Germny' is not a known country"]),
+    # an external_id too long hides nothing else
+    (("u" * 990, "bad", "", "", "", ""), ["external_id 'uuu", "email 'bad' is not a valid"]),
     (("u1", "bad", "", "", "", ""), ["email 'bad' is not a valid"]),
 ])
 def test_every_problem_of_a_rejected_row_is_named_in_order(values, reasons):
