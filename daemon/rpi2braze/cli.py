@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--force", action="store_true", help="also re-send a workflow that was delivered")
     retry.add_argument("--source", help="the source of the workflow, when several share its ID")
     retry.add_argument("--channel", help="the channel of the workflow, when several share its ID")
+    forget = commands.add_parser("forget", parents=[config_option],
+                                 help="drop a workflow that will not be delivered (its folder is gone) from the state file")
+    forget.add_argument("workflow_id")
+    forget.add_argument("--source", help="the source of the workflow, when several share its ID")
+    forget.add_argument("--channel", help="the channel of the workflow, when several share its ID")
     resend = commands.add_parser("resend", parents=[config_option],
                                  help="deliver the rows of a dead-letter file, fixed by hand, and exit")
     resend.add_argument("file", metavar="FILE", help="a dead-letter CSV that `status` names, under its own name")
@@ -186,12 +191,9 @@ def command_retry(arguments: argparse.Namespace) -> int:
     from rpi2braze.model import WorkflowStatus
     _, store = _existing_state(arguments)
     try:
-        records = [record for record in store.find(arguments.workflow_id)
-                   if arguments.source in (None, record.key.source) and arguments.channel in (None, record.key.channel)]
-        if len(records) != 1:
-            print(_not_one_workflow(arguments, records, store.path), file=sys.stderr)
+        record = _chosen(arguments, store)
+        if record is None:
             return EXIT_FAILED
-        [record] = records
         if record.status == WorkflowStatus.DELIVERED and not arguments.force:
             print(f"rpi2braze: {record.key.source}: {record.key.relpath} was delivered; "
                   "add --force to send it again", file=sys.stderr)
@@ -209,6 +211,40 @@ def command_retry(arguments: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def command_forget(arguments: argparse.Namespace) -> int:
+    from rpi2braze.locks import held_elsewhere
+    from rpi2braze.model import WorkflowStatus
+    settings, store = _existing_state(arguments)
+    try:
+        record = _chosen(arguments, store)
+        if record is None:
+            return EXIT_FAILED
+        if record.status == WorkflowStatus.DELIVERED:
+            print(f"rpi2braze: {record.key.source}: {record.key.relpath} was delivered; its record is what keeps "
+                  "it from being sent again", file=sys.stderr)
+            return EXIT_FAILED
+        if held_elsewhere(settings.directory, record.key) is not False:
+            print(f"rpi2braze: {record.key.source}: {record.key.relpath} is being delivered now (or its lock "
+                  "cannot be read); stop that first", file=sys.stderr)
+            return EXIT_FAILED
+        store.forget(record.key)
+        print(f"forgot {record.key.source}: {record.key.relpath} (was {record.status}); if its folder "
+              f"appears at {record.location} again, it is delivered as a new one")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _chosen(arguments: argparse.Namespace, store):
+    """The one record of `arguments.workflow_id` (and --source, --channel), or None after saying why not."""
+    records = [record for record in store.find(arguments.workflow_id)
+               if arguments.source in (None, record.key.source) and arguments.channel in (None, record.key.channel)]
+    if len(records) == 1:
+        return records[0]
+    print(_not_one_workflow(arguments, records, store.path), file=sys.stderr)
+    return None
 
 
 def _not_one_workflow(arguments: argparse.Namespace, records: list, state_path: str) -> str:
@@ -256,5 +292,6 @@ COMMANDS = {
     "status": command_status,
     "retry": command_retry,
     "resend": command_resend,
+    "forget": command_forget,
     "sandbox": command_sandbox,
 }

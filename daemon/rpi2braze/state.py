@@ -81,6 +81,7 @@ UPDATE_PENDING = """UPDATE workflows SET status = 'pending', reason = ?, updated
     WHERE id = ? AND status NOT IN ('delivered', 'failed', 'quarantined')"""
 UPDATE_NOTE = "UPDATE workflows SET reason = ?, updated_at = ? WHERE id = ? AND status = 'in_progress'"
 DELETE_BATCHES = "DELETE FROM batches WHERE workflow = ?"
+DELETE_WORKFLOW = "DELETE FROM workflows WHERE id = ?"
 UPDATE_REQUEUE = """UPDATE workflows SET status = 'pending', reason = '', partitions = NULL, rows_delivered = 0,
     rows_rejected = 0, batches_acked = 0, started_at = NULL, finished_at = NULL, updated_at = ? WHERE id = ?"""
 
@@ -254,6 +255,16 @@ class StateStore:
                 connection.execute(DELETE_BATCHES, (workflow,))
                 connection.execute(UPDATE_REQUEUE, (self._clock(), workflow))
             return _record(connection.execute(SELECT_ONE, _key_values(key)).fetchone())
+
+    def forget(self, key: WorkflowKey) -> None:
+        """Remove a workflow and its acknowledged batches, for the `forget` command: one whose folder is
+        gone. Raise StateError if `key` is unknown or DELIVERED (its record keeps it from being sent again)."""
+        with self._transaction(write=True) as connection:
+            workflow, status = _find_id(connection, key)
+            if status == WorkflowStatus.DELIVERED:
+                raise StateError(f"workflow {key.relpath} of source {key.source} was delivered; it is not forgotten")
+            connection.execute(DELETE_BATCHES, (workflow,))
+            connection.execute(DELETE_WORKFLOW, (workflow,))
 
     def records(self, statuses: Iterable[WorkflowStatus] | None = None) -> list[WorkflowRecord]:
         """Return the records (only those in `statuses`, if given), most recently updated first."""

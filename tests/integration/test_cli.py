@@ -269,6 +269,26 @@ def test_status_tells_a_workflow_being_delivered_from_one_a_killed_process_left_
             "-c", config, "status").stdout
 
 
+def test_forget_drops_a_workflow_whose_folder_is_gone_and_nothing_else(tmp_path):
+    # A folder deleted before delivery would stay pending for good, its age alert firing.
+    config, folder = delivered_workflow(tmp_path, "21")
+    refused = rpi2braze("-c", config, "forget", "21")
+    assert refused.returncode == 1 and "was delivered; its record is what keeps it from being sent again" in refused.stderr
+    assert rpi2braze("-c", config, "retry", "21", "--force").returncode == 0   # pending now
+    shutil.rmtree(folder)
+    locks = WorkflowLocks(str(tmp_path / "state"))
+    try:
+        with locks.hold(WorkflowKey("drop", UPSERT, "Offer", "21")) as held:   # a process delivering it
+            assert held
+            busy = rpi2braze("-c", config, "forget", "21")
+            assert busy.returncode == 1 and "is being delivered now" in busy.stderr
+    finally:
+        locks.close()
+    forgot = rpi2braze("-c", config, "forget", "21")
+    assert forgot.returncode == 0 and f"forgot drop: {UPSERT}/Offer/21 (was pending)" in forgot.stdout
+    assert json.loads(rpi2braze("-c", config, "status", "--json").stdout) == []
+
+
 def test_status_and_retry_work_without_the_services_secrets(tmp_path):
     # As an operator runs them in a shell: the key's variable (systemd's credentials) is not set.
     config, folder = delivered_workflow(tmp_path, "9")

@@ -325,6 +325,23 @@ def test_requeue_leaves_pending_alone_and_refuses_in_progress_or_unknown(store):
         store.requeue(OTHER)
 
 
+def test_forget_removes_an_undelivered_workflow_and_its_batches_and_keeps_a_delivered_one(store):
+    store.record_seen(KEY, "x")
+    store.begin(KEY, 1)
+    store.ack_batch(KEY, 0, 1, 0)                  # in progress, its process gone: forgotten whole
+    store.record_seen(OTHER, "y")
+    store.begin(OTHER, 1)
+    store.finish(OTHER, WorkflowStatus.DELIVERED)
+    store.forget(KEY)
+    assert store.get(KEY) is None and [record.key for record in store.records()] == [OTHER]
+    store.record_seen(KEY, "x")                    # the folder back: a new workflow, from batch 0
+    assert store.begin(KEY, 1) == (1, frozenset())
+    with pytest.raises(StateError, match="was delivered; it is not forgotten"):
+        store.forget(OTHER)
+    with pytest.raises(StateError, match="not in the state file"):
+        store.forget(WorkflowKey("rpi", "c", "o", "unknown"))
+
+
 @pytest.mark.parametrize(
     "statuses, expected",
     [
