@@ -15,12 +15,11 @@ from rpi2braze.files import data_files
 from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.pipeline import Pipeline
 from rpi2braze.progress import Progress
-from rpi2braze.settings import RESEND_SOURCE, Settings, SourceSettings
+from rpi2braze.settings import AD_HOC_SOURCE, RESEND_SOURCE, Settings, SourceSettings
 from rpi2braze.state import FINAL_STATUSES, StateStore
 from rpi2braze.sources.local import LocalSource
 from rpi2braze.worker import FolderDelivery
 
-AD_HOC_SOURCE = "local"
 
 Resolve = Callable[[str], tuple[ExportFolder, LocalSource, SourceSettings]]
 

@@ -21,7 +21,7 @@ from rpi2braze.health import HEALTH
 from rpi2braze.log import get_logger
 from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.reader import decoded_cleanly
-from rpi2braze.settings import SourceSettings
+from rpi2braze.settings import AD_HOC_SOURCE, RESEND_SOURCE, SourceSettings
 from rpi2braze.sources.base import Source
 from rpi2braze.state import FINAL_STATUSES, StateStore
 
@@ -70,6 +70,17 @@ class Scanner:
         self._next_full_refresh = 0.0                  # when the finished set is re-read regardless
         self._warned: set[tuple[str, str, str]] = set()
         self._unwatch: list[Callable[[], None]] = []
+        self._warn_of_unconfigured_sources()
+
+    def _warn_of_unconfigured_sources(self) -> None:
+        """A source renamed in the config: the folders still in its tree will be delivered again."""
+        recorded = self._state.sources()
+        missing = {name: count for name, count in recorded.items()
+                   if name not in self._watched and name not in (RESEND_SOURCE, AD_HOC_SOURCE)}
+        if missing:
+            log.warning("sources_not_configured", workflows_by_source=missing,
+                        hint="the state file holds workflows of these sources; if one was renamed, the "
+                             "folders still in its tree are delivered again under the new name")
 
     def wake(self) -> None:
         self._wake.set()

@@ -27,6 +27,7 @@ DEFAULT_DATA_FILES = ("RPI_Export_*.txt", "RPI_Export_*.csv", "RPI_Export_*.txt.
 DEFAULT_PHONE_REGION = "US"
 RESEND_SOURCE = "resend"   # the source `rpi2braze resend` records its workflows under
 RESERVED_SOURCE_NAMES = (RESEND_SOURCE,)
+AD_HOC_SOURCE = "local"    # `process` on a folder below no configured source records it under this
 DEFAULT_CHANNELS = {
     "Braze Onboarding and Upsert": ChannelMode.UPSERT,
     "Braze Append": ChannelMode.APPEND,

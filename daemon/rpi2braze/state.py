@@ -63,6 +63,7 @@ SELECT_ALL = f"SELECT {RECORD_COLUMNS} FROM workflows {NEWEST_FIRST}"
 SELECT_PENDING = f"""SELECT {RECORD_COLUMNS} FROM workflows WHERE status IN ('pending', 'in_progress')
     ORDER BY first_seen, id"""
 SELECT_COUNTS = "SELECT status, count(*) FROM workflows GROUP BY status"
+SELECT_SOURCES = "SELECT source, count(*) FROM workflows GROUP BY source"
 SELECT_PARTITIONS = "SELECT partitions FROM workflows WHERE id = ?"
 SELECT_FINGERPRINT = "SELECT fingerprint FROM workflows WHERE id = ?"
 UPDATE_FINGERPRINT = "UPDATE workflows SET fingerprint = ? WHERE id = ?"
@@ -278,6 +279,10 @@ class StateStore:
     def pending(self) -> list[WorkflowRecord]:
         """Return PENDING and IN_PROGRESS records (a crash leaves IN_PROGRESS), oldest seen first."""
         return [_record(row) for row in self._select(SELECT_PENDING)]
+
+    def sources(self) -> dict[str, int]:
+        """Return the number of workflows recorded under each source name."""
+        return dict(self._select(SELECT_SOURCES))
 
     def counts(self) -> dict[str, int]:
         """Return the number of workflows in each status, every status present."""

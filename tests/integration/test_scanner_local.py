@@ -408,3 +408,20 @@ def test_a_settled_folder_without_a_data_file_is_warned_about_once(world, capsys
     logged = capsys.readouterr().out
     assert logged.count("folder_without_data_files") == 1 and queued == []
     assert "it holds fixed_rows.csv but no file named like RPI_Export_*.txt" in logged
+
+
+def test_workflows_of_a_source_no_longer_configured_are_warned_about_at_start(tmp_path, capsys):
+    # Renamed in the config, a source's folders still in its tree would be delivered again.
+    state = StateStore(str(tmp_path / "state.db"))
+    try:
+        for source, workflow_id in (("old-name", "1"), ("old-name", "2"), ("resend", "3"), ("local", "4"), ("drop", "5")):
+            state.record_seen(WorkflowKey(source, UPSERT, "Offer", workflow_id), "x")
+        settings = SourceSettings(name="drop", type="local", path=str(tmp_path))
+        capsys.readouterr()
+        Scanner([(settings, CountingSource(settings))], dict(DEFAULT_CHANNELS), state, lambda *folder: None,
+                threading.Event(), FakeClock())
+        logged = capsys.readouterr().out
+    finally:
+        state.close()
+    assert logged.count("sources_not_configured") == 1 and "old-name" in logged
+    assert "resend" not in logged and "'local'" not in logged and "'drop'" not in logged
