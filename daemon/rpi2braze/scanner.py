@@ -16,12 +16,13 @@ from typing import Callable
 from rpi2braze import metrics
 from rpi2braze.completion import Observation, is_complete, observe
 from rpi2braze.errors import SourceError, SourceUnavailable, StateError
-from rpi2braze.files import all_older_than, data_files, unrecognised
+from rpi2braze.files import all_older_than, data_files
 from rpi2braze.health import HEALTH
 from rpi2braze.log import get_logger
 from rpi2braze.model import ChannelMode, ExportFolder, WorkflowKey, WorkflowStatus
 from rpi2braze.reader import decoded_cleanly
-from rpi2braze.settings import AD_HOC_SOURCE, RESEND_SOURCE, SourceSettings
+from rpi2braze.scan_notices import FolderNotices, unconfigured_sources
+from rpi2braze.settings import SourceSettings
 from rpi2braze.sources.base import Source
 from rpi2braze.state import FINAL_STATUSES, StateStore
 
@@ -68,19 +69,9 @@ class Scanner:
         self._finished: set[WorkflowKey] = set()
         self._before_cutover: set[WorkflowKey] = set()  # older than ignore_folders_before: never listed again
         self._next_full_refresh = 0.0                  # when the finished set is re-read regardless
-        self._warned: set[tuple[str, str, str]] = set()
+        self._notices = FolderNotices()
         self._unwatch: list[Callable[[], None]] = []
-        self._warn_of_unconfigured_sources()
-
-    def _warn_of_unconfigured_sources(self) -> None:
-        """A source renamed in the config: the folders still in its tree will be delivered again."""
-        recorded = self._state.sources()
-        missing = {name: count for name, count in recorded.items()
-                   if name not in self._watched and name not in (RESEND_SOURCE, AD_HOC_SOURCE)}
-        if missing:
-            log.warning("sources_not_configured", workflows_by_source=missing,
-                        hint="the state file holds workflows of these sources; if one was renamed, the "
-                             "folders still in its tree are delivered again under the new name")
+        unconfigured_sources(state.sources(), self._watched)
 
     def wake(self) -> None:
         self._wake.set()
@@ -211,7 +202,7 @@ class Scanner:
         try:
             for channel in self._folders(watched, ""):
                 if channel not in self._channels:
-                    self._warn_once("unknown_channel_folder", settings.name, channel,
+                    self._notices.once("unknown_channel_folder", settings.name, channel,
                                     "not one of the configured channels; left alone")
                     continue
                 for offer in self._subfolders(watched, channel):
@@ -233,7 +224,7 @@ class Scanner:
         except SourceUnavailable:
             raise
         except SourceError as error:
-            self._warn_once("folder_unusable", watched.settings.name, relpath, str(error))
+            self._notices.once("folder_unusable", watched.settings.name, relpath, str(error))
             return []
 
     def _consider_safely(self, watched: _Watched, key: WorkflowKey) -> None:
@@ -244,23 +235,18 @@ class Scanner:
         except SourceUnavailable:
             raise
         except SourceError as error:
-            self._warn_once("folder_unusable", key.source, key.relpath, str(error))
+            self._notices.once("folder_unusable", key.source, key.relpath, str(error))
         except StateError as error:
             log.warning("folder_not_queued", source=key.source, folder=key.relpath, reason=str(error),
                         hint="looked at again at the next scan")
 
     def _folders(self, watched: _Watched, relpath: str) -> list[str]:
         entries = watched.source.list_dir(relpath)
-        misplaced = data_files(entries, watched.settings.data_files)
-        if misplaced:   # RPI's export path format lacks a level: nothing here would ever be delivered
-            self._warn_once("data_files_misplaced", watched.settings.name, relpath or ".",
-                            f"{', '.join(entry.name for entry in misplaced[:3])} lie above the workflow folders; "
-                            "rpi2braze reads <Channel>/<Offer>/<Workflow ID>/ only: check the channel's "
-                            "Export path format in RPI")
+        self._notices.misplaced(watched.settings, relpath, entries)
         names = sorted(entry.name for entry in entries if entry.is_dir and not entry.name.startswith("."))
         for name in names:
             if not decoded_cleanly(name):   # the state file, logs and Braze take UTF-8 only
-                self._warn_once("folder_unusable", watched.settings.name, f"{relpath}/{name}".lstrip("/"),
+                self._notices.once("folder_unusable", watched.settings.name, f"{relpath}/{name}".lstrip("/"),
                                 "its name is not UTF-8 (undecodable bytes are shown escaped); rename it")
         return [name for name in names if decoded_cleanly(name)]
 
@@ -269,8 +255,10 @@ class Scanner:
             finished, busy = key in self._finished, key in self._busy
             held = not force and self._held.get(key, 0) > self._clock()
             old = key in self._before_cutover
-        if finished and not busy and watched.settings.archive_path:
-            self._check_not_back(watched, key)
+        if finished and not busy and watched.settings.archive_path:   # back after it was archived?
+            record = self._state.get(key)
+            if record is not None and record.status == WorkflowStatus.DELIVERED:   # quarantined: retried by hand
+                self._notices.late_data(watched.settings, record, watched.source.list_dir(key.relpath))
         if finished or busy or held or old:
             return None
         settings = watched.settings
@@ -285,7 +273,7 @@ class Scanner:
         settle = 0.0 if force else settings.settle_seconds
         if not is_complete(observation, now, settle, settings.marker_file, settings.data_files):
             if now - observation.since >= settings.settle_seconds:
-                self._warn_if_no_data(watched, key, entries)
+                self._notices.without_data(settings, key, entries)
             return None
         folder = ExportFolder(key, self._channels[key.channel], data_files(entries, settings.data_files),
                               watched.source.describe(key.relpath))
@@ -307,15 +295,6 @@ class Scanner:
         metrics.FOLDERS.labels(source=key.source, outcome="queued").inc()
         return folder
 
-    def _warn_if_no_data(self, watched: _Watched, key: WorkflowKey, entries) -> None:
-        """A settled folder holding files, none of them data (an export saved under another name),
-        would wait for good in silence: warn once, naming them and the data_files globs."""
-        settings = watched.settings
-        if others := unrecognised(entries, settings.data_files, settings.marker_file):
-            self._warn_once("folder_without_data_files", key.source, key.relpath,
-                            f"it holds {', '.join(others[:3])} but no file named like "
-                            f"{', '.join(settings.data_files)} (sources[].data_files): not delivered")
-
     def _older_than_cutover(self, watched: _Watched, key: WorkflowKey, entries) -> bool:
         """True, after saying so once, if every data file of the folder is older than the source's
         `ignore_folders_before` and the state file does not know it: written before rpi2braze
@@ -330,20 +309,6 @@ class Scanner:
         log.warning("folder_ignored", source=key.source, folder=key.relpath,
                     reason="its data files are older than the source's ignore_folders_before; not delivered")
         return True
-
-    def _check_not_back(self, watched: _Watched, key: WorkflowKey) -> None:
-        """A finished folder of a source that archives them is back: warn once if it holds data
-        written after the workflow finished (a writer that paused longer than settle_seconds),
-        which is not delivered unless an operator says so."""
-        record = self._state.get(key)
-        if record is None or record.status != WorkflowStatus.DELIVERED:   # quarantined: left in place, retried by hand
-            return
-        late = [entry.name for entry in data_files(watched.source.list_dir(key.relpath), watched.settings.data_files)
-                if entry.mtime > record.updated_at]
-        if late:
-            self._warn_once("data_after_delivery", key.source, key.relpath,
-                            f"{', '.join(late)} arrived after the workflow was {record.status}; not delivered. "
-                            f"To deliver the folder again: rpi2braze retry {key.workflow_id} --force")
 
     def _next_delay(self, watched: _Watched) -> float:
         """Scan again at the interval, sooner when an observed folder is due to settle, and at
@@ -364,11 +329,6 @@ class Scanner:
         watched.failures = 0 if up else watched.failures + 1
         HEALTH.mark(f"source:{watched.settings.name}", up, reason)
         metrics.SOURCE_UP.labels(source=watched.settings.name).set(1 if up else 0)
-
-    def _warn_once(self, event: str, source: str, folder: str, hint: str) -> None:
-        if (event, source, folder) not in self._warned:
-            self._warned.add((event, source, folder))
-            log.warning(event, source=source, folder=folder, hint=hint)
 
     def sources_up(self) -> dict[str, bool]:
         return {name: watched.up for name, watched in self._watched.items()}
