@@ -214,8 +214,11 @@ def command_retry(arguments: argparse.Namespace) -> int:
 
 
 def command_forget(arguments: argparse.Namespace) -> int:
+    import shutil
     from rpi2braze.locks import held_elsewhere
     from rpi2braze.model import WorkflowStatus
+    from rpi2braze.settings import RESEND_SOURCE
+    from rpi2braze.sources.base import safe_join
     settings, store = _existing_state(arguments)
     try:
         record = _chosen(arguments, store)
@@ -230,8 +233,13 @@ def command_forget(arguments: argparse.Namespace) -> int:
                   "cannot be read); stop that first", file=sys.stderr)
             return EXIT_FAILED
         store.forget(record.key)
-        print(f"forgot {record.key.source}: {record.key.relpath} (was {record.status}); if its folder "
-              f"appears at {record.location} again, it is delivered as a new one")
+        if record.key.source == RESEND_SOURCE:   # the copy resend delivered from: personal data, now unused
+            shutil.rmtree(safe_join(os.path.join(settings.directory, RESEND_SOURCE), record.key.relpath),
+                          ignore_errors=True)
+            print(f"forgot {record.key.source}: {record.key.relpath} (was {record.status}) and its copy of the rows")
+        else:
+            print(f"forgot {record.key.source}: {record.key.relpath} (was {record.status}); if its folder "
+                  f"appears at {record.location} again, it is delivered as a new one")
     finally:
         store.close()
     return EXIT_OK

@@ -116,6 +116,7 @@ class DeadLetterWriter:
                                  "is delivered again once it is retried")
             written = 0
             try:
+                self._keep_own_file()
                 for rejection in rejections:
                     writer = self._open_once()
                     if (rejection.row.file, str(rejection.row.line)) not in self._written_before:
@@ -131,9 +132,15 @@ class DeadLetterWriter:
             return written
 
     def close(self) -> None:
-        """Close the file, if it was ever opened. Closing twice is harmless."""
+        """Close the file, if it was ever opened, put back whole if it was replaced meanwhile.
+        Closing twice is harmless."""
         with self._lock:
             self._closed = True
+            if self._file is not None and not self._failed:
+                try:
+                    self._keep_own_file()
+                except OSError as error:   # the rows are in the file this writer holds; say where it went
+                    log.error("deadletter_not_restored", path=self.path, reason=error.strerror or str(error))
             if self._file is not None:
                 self._file.close()
                 self._file = None
@@ -149,9 +156,7 @@ class DeadLetterWriter:
             private.make_directories(os.path.dirname(self.path))
             descriptor = self._open_descriptor()
             is_new = os.fstat(descriptor).st_size == 0
-            # backslashreplace: a value that cannot be encoded is still written, visibly, never dropped.
-            self._file = open(descriptor, "w", encoding="utf-8", errors="backslashreplace", newline="")
-            self._writer = csv.writer(self._file)
+            self._adopt(descriptor)
             if is_new:
                 _fsync_directory(os.path.dirname(self.path))  # so the new file's name survives a crash
                 self._writer.writerow(DEADLETTER_COLUMNS + self.header)
@@ -172,6 +177,44 @@ class DeadLetterWriter:
         os.close(descriptor)
         _set_aside(self.path, ".cut", "its last record is unfinished (a crash while writing?); a new file is begun")
         return os.open(self.path, flags, 0o600)
+
+    def _adopt(self, descriptor: int) -> None:
+        # backslashreplace: a value that cannot be encoded is still written, visibly, never dropped.
+        self._file = open(descriptor, "w", encoding="utf-8", errors="backslashreplace", newline="")
+        self._writer = csv.writer(self._file)
+
+    def _keep_own_file(self) -> None:
+        """If the file at `path` is no longer the one this writer appends to (an editor saving by
+        replacing it, as sed -i and vim do, while the workflow is being delivered), set the new
+        one aside as `.edited` and put this run's file back whole: rows written to a file no
+        longer at `path` would be lost, and status would count rows the file does not hold."""
+        if self._file is None:
+            return
+        mine = os.fstat(self._file.fileno())
+        try:
+            there = os.lstat(self.path)
+        except FileNotFoundError:
+            there = None
+        if there is not None and (there.st_ino, there.st_dev) == (mine.st_ino, mine.st_dev):
+            return
+        edited = None
+        if there is not None:
+            edited = free_name(self.path + ".edited", os.path.lexists)
+            os.rename(self.path, edited)
+        self._file.flush()
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
+        restored = os.open(self.path, flags, 0o600)
+        offset = 0
+        while chunk := os.pread(self._file.fileno(), 1 << 20, offset):
+            os.write(restored, chunk)
+            offset += len(chunk)
+        os.fsync(restored)
+        _fsync_directory(os.path.dirname(self.path))
+        self._file.close()
+        self._adopt(restored)
+        log.warning("deadletter_replaced", path=self.path, edited=edited,
+                    hint="the file was replaced or deleted while its workflow was being delivered; it is put "
+                         "back whole, and the version found there kept aside: edit it once the workflow is delivered")
 
     def _record(self, rejection: Rejection) -> tuple:
         """The CSV record of a rejection: its values under their own columns' names. A row whose

@@ -188,6 +188,8 @@ def phone(value: str, default_region: str, country: str | None = None) -> str:
     for region in regions:
         if (number := _phone_in(value, region)) is not None:
             return number
+    if value.lstrip().startswith("+"):   # its own country code: no region was guessed
+        raise RowRejected(f"phone {quote(value)} is not a valid phone number")
     tried = f"{default_region} (mapping.default_phone_region)"
     if len(regions) == 2:
         tried = f"{country} (the row's country), then as {tried}"

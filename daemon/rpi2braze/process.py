@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -98,7 +99,10 @@ def _handled_before(state: StateStore, folder: ExportFolder, force: bool, ad_hoc
         return None
     again = "" if folder.key.source == RESEND_SOURCE else " (--force sends it again)"
     if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
-        daemon = "" if ad_hoc else f", or `rpi2braze retry {folder.key.workflow_id}` for the daemon to"
+        key = folder.key
+        daemon = "" if ad_hoc else (f", or `rpi2braze retry {shlex.quote(key.workflow_id)} --source "
+                                    f"{shlex.quote(key.source)} --channel {shlex.quote(key.channel)}` to have "
+                                    "the daemon deliver it")
         print(f"rpi2braze: {folder.location} is {existing.status}: {existing.reason}; after fixing it, "
               f"run this again with --force{daemon}", file=sys.stderr)
         return False

@@ -7,10 +7,11 @@ three columns as an export of that workflow's channel and offer, in a folder bel
 directory (0700: the rows are personal data), delivers that folder as `process` does, and removes
 it once delivered.
 
-The resent rows are a workflow of their own, `<Workflow ID>.resend-<digest of the file>`, of
-source "resend": the same file sent twice is sent once, and an interrupted run resumes where it
-stopped; a file edited again is a new workflow. Rows rejected again go to that workflow's own
-dead-letter file, which can be fixed and resent in turn.
+The resent rows are a workflow of their own, `<Workflow ID>.resend-<digest>` (of the file and
+of the run it came from), of source "resend": the same file sent twice is sent once, and an
+interrupted run resumes where it stopped; a file edited again is a new workflow, once the one
+cut short is finished or forgotten. Rows rejected again go to that workflow's own dead-letter
+file, which can be fixed and resent in turn.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ DIGEST_CHARS = 12
 # The dead-letter file's name, without what a crash or a second cut adds (`.cut`, `.cut.1`).
 _DEADLETTER_NAME = re.compile(r"(.*\.[0-9a-f]{12}\.csv)(?:\.cut(?:\.\d+)?)?")
 _EARLIER_RUN = re.compile(r".*\.csv\.previous(?:\.\d+)?")
+_EDITED = re.compile(r".*\.csv\.edited(?:\.\d+)?")
 _CUT = re.compile(r".*\.csv\.cut(?:\.\d+)?")
 _RESENT_ID = re.compile(r"\.resend-[0-9a-f]{12}$")
 _FIXED_MTIME = 0   # the prepared file's identity is its content: a rerun resumes, never restarts
@@ -51,7 +53,7 @@ def resend_file(settings: Settings, path: str) -> int:
     try:
         content = _read(path)
         header, rows = parse_deadletter(content, path, cut_short=_CUT.fullmatch(os.path.basename(path)) is not None)
-        key = _resent_key(settings, path, hashlib.sha256(content).hexdigest()[:DIGEST_CHARS])
+        key = _resent_key(settings, path, content)
         folder = _prepare(base, key, header, rows)
     except SourceError as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
@@ -78,14 +80,19 @@ def _read(path: str) -> bytes:
         raise SourceError(f"{path}: cannot read: {error.strerror}") from None
 
 
-def _resent_key(settings: Settings, path: str, digest: str) -> WorkflowKey:
+def _resent_key(settings: Settings, path: str, content: bytes) -> WorkflowKey:
     """The key the rows of `path` are resent under. Raise SourceError if no workflow of the
     state file has a dead-letter file of that name."""
+    if _EDITED.fullmatch(os.path.basename(path)):
+        raise SourceError(f"{path}: an edit saved while the workflow was being delivered, set aside then: it "
+                          "may lack rows written since; make the same fixes in the file `status` names")
     if _EARLIER_RUN.fullmatch(os.path.basename(path)):
         raise SourceError(f"{path}: an earlier delivery run's file, set aside when the workflow was sent again: "
                           "its rows may be older than what that later run delivered; resend the current file")
     match = _DEADLETTER_NAME.fullmatch(os.path.basename(path))
-    record = match and _workflow_named(settings.state.path, match[1])
+    records = _all_records(settings.state.path)
+    record = match and next((record for record in records if os.path.basename(
+        workflow_deadletter_path(settings.state.directory, record.key)) == match[1]), None)
     if not record:
         raise SourceError(f"{path}: no workflow in {settings.state.path} has a dead-letter file of that "
                           "name (resend takes the file `status` names, fixed, under its own name)")
@@ -96,7 +103,16 @@ def _resent_key(settings: Settings, path: str, digest: str) -> WorkflowKey:
     if original.channel not in settings.channels:
         raise SourceError(f"{path}: its workflow's channel {original.channel!r} is no longer configured")
     workflow_id = _RESENT_ID.sub("", original.workflow_id)
-    return WorkflowKey(SOURCE, original.channel, original.offer, f"{workflow_id}.resend-{digest}")
+    # The file and the run it came from: after retry --force, the same fixes resent are new rows.
+    digest = hashlib.sha256(repr(record.started_at).encode() + b"\n" + content).hexdigest()[:DIGEST_CHARS]
+    key = WorkflowKey(SOURCE, original.channel, original.offer, f"{workflow_id}.resend-{digest}")
+    for other in records:   # an earlier version of the file, cut short: both would send its rows
+        if (other.key.source == SOURCE and other.key != key and other.status not in FINAL_STATUSES
+                and other.key.relpath.startswith(f"{original.channel}/{original.offer}/{workflow_id}.resend-")):
+            raise SourceError(f"{path}: an earlier resend of these rows, {other.key.workflow_id}, did not finish and "
+                              f"the file has changed since; `rpi2braze forget {other.key.workflow_id}` drops it "
+                              "(the rows it delivered are sent again with this file), then run this again")
+    return key
 
 
 def _status(state_path: str, key: WorkflowKey) -> WorkflowStatus | None:
@@ -105,16 +121,11 @@ def _status(state_path: str, key: WorkflowKey) -> WorkflowStatus | None:
     return record and record.status
 
 
-def _workflow_named(state_path: str, name: str) -> WorkflowRecord | None:
+def _all_records(state_path: str) -> list[WorkflowRecord]:
     if not os.path.exists(state_path):
-        return None
-    store = StateStore(state_path)
-    try:
-        state_dir = os.path.dirname(os.path.abspath(state_path))
-        return next((record for record in store.records()
-                     if os.path.basename(workflow_deadletter_path(state_dir, record.key)) == name), None)
-    finally:
-        store.close()
+        return []
+    with StateStore(state_path) as store:
+        return store.records()
 
 
 def _prepare(base: str, key: WorkflowKey, header: list[str], rows: list[list[str]]) -> str:

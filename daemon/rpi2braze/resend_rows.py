@@ -41,11 +41,14 @@ def parse_deadletter(content: bytes, path: str, cut_short: bool = False) -> tupl
         records = records[:-1]
     if len(records) < 2:
         raise SourceError(f"{path}: holds no rows to resend")
-    _refuse(records[1:], path, lambda record: len(record) != len(records[0]),
-            f"are not as wide as its header ({len(records[0])} values), as rows rejected for their "
-            "number of fields are written: give them the header's columns, or delete them")
-    _refuse(records[1:], path, _holds_placeholders, "still hold bytes their export's encoding could not "
-            "decode, shown as \\xNN: write the characters meant in their place, then resend")
+    problems = [problem for problem in (
+        _problem(records[1:], lambda record: len(record) != len(records[0]),
+                 f"are not as wide as its header ({len(records[0])} values), as rows rejected for their "
+                 "number of fields are written: give them the header's columns, or delete them"),
+        _problem(records[1:], _holds_placeholders, "still hold bytes their export's encoding could not "
+                 "decode, shown as \\xNN: write the characters meant in their place")) if problem]
+    if problems:
+        raise SourceError(f"{path}: " + "; ".join(problems) + "; then resend")
     width = len(DEADLETTER_COLUMNS)
     return _folded(records[0][width:], [record[width:] for record in records[1:]])
 
@@ -65,12 +68,14 @@ def _records(content: bytes, path: str) -> list[list[str]]:
         raise SourceError(f"{path}: cannot be read as CSV: {error}") from None
 
 
-def _refuse(records: list[list[str]], path: str, wrong, why: str) -> None:
-    """Raise SourceError naming the lines of the records `wrong` says are, and `why`."""
+def _problem(records: list[list[str]], wrong, why: str) -> str | None:
+    """"the rows whose line is ... `why`", naming the export lines (the `line` column) of the records
+    `wrong` says are; None if there are none."""
     lines = [record[1] if len(record) > 1 else "?" for record in records if wrong(record)]
-    if lines:
-        shown = ", ".join(lines[:_SHOWN_LINES]) + (", ..." if len(lines) > _SHOWN_LINES else "")
-        raise SourceError(f"{path}: the rows from line {shown} {why}")
+    if not lines:
+        return None
+    shown = ", ".join(lines[:_SHOWN_LINES]) + (", ..." if len(lines) > _SHOWN_LINES else "")
+    return f"the rows whose `line` is {shown} {why}"
 
 
 def _holds_placeholders(record: list[str]) -> bool:

@@ -67,7 +67,7 @@ class Scanner:
         self._held: dict[WorkflowKey, float] = {}      # postponed until this time
         self._postponed: dict[WorkflowKey, int] = {}   # times in a row a worker postponed it
         self._finished: set[WorkflowKey] = set()
-        self._before_cutover: set[WorkflowKey] = set()  # older than ignore_folders_before: never listed again
+        self._before_cutover: dict[WorkflowKey, float] = {}  # older than ignore_folders_before: listed again after
         self._next_full_refresh = 0.0                  # when the finished set is re-read regardless
         self._notices = FolderNotices()
         self._unwatch: list[Callable[[], None]] = []
@@ -254,7 +254,7 @@ class Scanner:
         with self._lock:
             finished, busy = key in self._finished, key in self._busy
             held = not force and self._held.get(key, 0) > self._clock()
-            old = key in self._before_cutover
+            old = self._before_cutover.get(key, 0.0) > self._clock()
         if finished and not busy and watched.settings.archive_path:   # back after it was archived?
             record = self._state.get(key)
             if record is not None and record.status == WorkflowStatus.DELIVERED:   # quarantined: retried by hand
@@ -304,10 +304,10 @@ class Scanner:
             return False
         if self._state.get(key) is not None:   # begun by rpi2braze: finished, whatever its age
             return False
-        with self._lock:
-            self._before_cutover.add(key)
-        log.warning("folder_ignored", source=key.source, folder=key.relpath,
-                    reason="its data files are older than the source's ignore_folders_before; not delivered")
+        with self._lock:   # looked at again now and then: data written into it since is delivered
+            self._before_cutover[key] = self._clock() + FULL_REFRESH_SECONDS
+        self._notices.once("folder_ignored", key.source, key.relpath,
+                           "its data files are older than the source's ignore_folders_before; not delivered")
         return True
 
     def _next_delay(self, watched: _Watched) -> float:

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from daemon_helpers import API_KEY, environment, local_source, status, write_config
+from rpi2braze.model import WorkflowKey
 from rpi2braze.sandbox.server import SandboxServer
+from rpi2braze.state import StateStore
 
 UPSERT = "Braze Onboarding and Upsert"
 EXPORT = ("external_id,email,phone,Loyalty Tier\n"
@@ -158,3 +160,40 @@ def test_retry_of_a_resent_workflow_says_to_resend_again(delivered_with_rejectio
     refused = rpi2braze(config, "retry", resent, "--force")
     assert refused.returncode == 1 and "run `rpi2braze resend FILE` again" in refused.stderr
     assert {record["status"] for record in status(config)} == {"delivered"}
+
+
+def test_after_a_forced_rerun_the_same_fixes_are_resent(delivered_with_rejections):
+    # The rerun rejected the same rows again: its dead-letter file, fixed alike, is byte for byte the
+    # earlier one, but its rows are this run's, so they are sent.
+    sandbox, config, path = delivered_with_rejections
+    fixes = {"not-an-email": "one.fixed@example.com", "12": "+14155550103"}
+    with open(path, "rb") as stream:
+        unfixed = stream.read()
+    fix(path, fixes)
+    assert rpi2braze(config, "resend", path).returncode == 0
+    assert rpi2braze(config, "retry", "42", "--force").returncode == 0
+    folder = os.path.join(os.path.dirname(config), "exports", UPSERT, "Spring", "42")
+    assert rpi2braze(config, "process", folder).returncode == 0
+    with open(path, "rb") as stream:
+        assert stream.read() == unfixed
+    fix(path, fixes)
+    requests = len(sandbox.requests)
+    again = rpi2braze(config, "resend", path)
+    assert again.returncode == 0 and "2 rows delivered, 0 rejected" in again.stdout
+    assert len(sandbox.requests) > requests
+
+
+def test_a_changed_file_waits_for_an_unfinished_resend_to_be_forgotten(delivered_with_rejections, tmp_path):
+    sandbox, config, path = delivered_with_rejections
+    unfinished = WorkflowKey("resend", UPSERT, "Spring", "42.resend-0123456789ab")   # cut short, an earlier file
+    with StateStore(str(tmp_path / "state" / "state.db")) as state:
+        state.record_seen(unfinished, "x")
+    copy = tmp_path / "state" / "resend" / UPSERT / "Spring" / unfinished.workflow_id
+    copy.mkdir(parents=True)
+    (copy / "RPI_Export_resend.txt").write_text("external_id\nbad-1\n")
+    fix(path, {"not-an-email": "one.fixed@example.com", "12": "+14155550103"})
+    refused = rpi2braze(config, "resend", path)
+    assert refused.returncode == 1 and "an earlier resend of these rows, 42.resend-0123456789ab" in refused.stderr
+    forgot = rpi2braze(config, "forget", unfinished.workflow_id)
+    assert forgot.returncode == 0 and "and its copy of the rows" in forgot.stdout and not copy.exists()
+    assert rpi2braze(config, "resend", path).returncode == 0

@@ -10,7 +10,7 @@ import pytest
 from rpi2braze import metrics
 from rpi2braze.health import HEALTH
 from rpi2braze.model import ChannelMode, WorkflowKey, WorkflowStatus
-from rpi2braze.scanner import MAX_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
+from rpi2braze.scanner import FULL_REFRESH_SECONDS, MAX_BACKOFF_SECONDS, RETRY_PENDING_SECONDS, Scanner
 from rpi2braze.settings import DEFAULT_CHANNELS, SourceSettings
 from rpi2braze.sources.local import LocalSource
 from rpi2braze.state import StateStore
@@ -375,6 +375,10 @@ def test_folders_older_than_the_cutover_are_left_alone_and_not_listed_again(tmp_
         clock.now += 10
         scanner.scan_due()
         assert f"{UPSERT}/Offer" in source.listed and f"{UPSERT}/Offer/old" not in source.listed
+        drop(base, "old", name="RPI_Export_2.txt")                  # written into it after the cutover
+        clock.now += FULL_REFRESH_SECONDS
+        scanner.scan_due()
+        assert sorted(folder.key.workflow_id for folder in queued) == ["begun", "mixed", "new", "old"]
     finally:
         state.close()
 

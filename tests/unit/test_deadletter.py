@@ -314,3 +314,32 @@ def test_closed_writer_refuses_writes(tmp_path):
     with pytest.raises(ValueError):
         writer.write([rejection(3, ["u2"])])
     assert len(read_rows(tmp_path / "w.csv")) == 2
+
+
+@pytest.mark.parametrize("edit", ["replaced", "deleted"])
+def test_a_file_replaced_or_deleted_while_the_run_writes_is_put_back_whole(tmp_path, edit):
+    # An operator fixing rows with sed -i or vim while the workflow is still being delivered:
+    # the writer would append to a file no longer at its name, and those rows would be lost.
+    path = tmp_path / "w.csv"
+    with capture_logs() as logs, DeadLetterWriter(str(path), HEADERS) as writer:
+        writer.write(FIRST)
+        if edit == "replaced":
+            edited = tmp_path / "edit.tmp"
+            edited.write_text(path.read_text().replace("u1", "fixed"))
+            os.rename(edited, path)
+        else:
+            os.unlink(path)
+        writer.write([rejection(4, ["u3", "c", "O"])])
+    assert keys(str(path)) == [("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3"), ("RPI_Export_1.txt", "4")]
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    if edit == "replaced":
+        assert "fixed" in (tmp_path / "w.csv.edited").read_text() and "fixed" not in path.read_text()
+    assert [entry["event"] for entry in logs if entry["log_level"] == "warning"] == ["deadletter_replaced"]
+
+
+def test_a_file_replaced_after_the_last_write_is_put_back_when_the_run_ends(tmp_path):
+    path = tmp_path / "w.csv"
+    with DeadLetterWriter(str(path), HEADERS) as writer:
+        writer.write(FIRST)
+        os.unlink(path)
+    assert keys(str(path)) == [("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3")]

@@ -156,13 +156,14 @@ def test_a_national_phone_number_is_read_in_the_rows_country_then_in_the_default
     assert mapped(("external_id", "country", "phone"), ("u1", country, phone), region="US")["phone"] == expected
 
 
-@pytest.mark.parametrize("country, where", [
-    ("GB", r"read as GB \(the row's country\), then as US \(mapping.default_phone_region\)"),
-    ("", r"read as US \(mapping.default_phone_region\)\)"),
+@pytest.mark.parametrize("country, phone, where", [
+    ("GB", "12345", r"read as GB \(the row's country\), then as US \(mapping.default_phone_region\)\)$"),
+    ("", "12345", r"read as US \(mapping.default_phone_region\)\)$"),
+    ("MX", "+52 1 55 1234 5678", r"'\+52 1 55 1234 5678' is not a valid phone number$"),   # its own code: no region read
 ])
-def test_a_phone_number_valid_nowhere_says_where_it_was_read(country, where):
+def test_a_phone_number_valid_nowhere_says_where_it_was_read(country, phone, where):
     with pytest.raises(RowRejected, match=where):
-        mapped(("external_id", "country", "phone"), ("u1", country, "12345"), region="US")
+        mapped(("external_id", "country", "phone"), ("u1", country, phone), region="US")
 
 
 def test_configured_types():

@@ -40,7 +40,7 @@ HEADER = "file,line,reason,external_id,first_name\r\n"
 def test_a_row_still_holding_undecodable_bytes_is_refused(reason):
     # Sent as it is, "M\xfcller" would reach Braze as those eight characters.
     content = (HEADER + f'a.txt,4,"{reason}",u1,M\\xfcller\r\na.txt,5,"{reason}",u2,Fixed\r\n').encode()
-    with pytest.raises(SourceError, match=r"rows from line 4 still hold bytes .* shown as \\xNN"):
+    with pytest.raises(SourceError, match=r"rows whose `line` is 4 still hold bytes .* shown as \\xNN"):
         parse_deadletter(content, "f.csv")
 
 
@@ -70,5 +70,13 @@ def test_columns_spelled_differently_in_two_files_become_one():
 def test_a_row_not_as_wide_as_the_header_is_refused_naming_its_line(row):
     # Written as it was read, its values would be read under other columns (Tier=EXTRA).
     content = ("file,line,reason,external_id,Email,Tier\r\na.txt,2,r,u1,a@b.co,Gold\r\n" + row + "\r\n").encode()
-    with pytest.raises(SourceError, match=r"rows from line 3 are not as wide as its header \(6 values\)"):
+    with pytest.raises(SourceError, match=r"rows whose `line` is 3 are not as wide as its header \(6 values\)"):
+        parse_deadletter(content, "f.csv")
+
+
+def test_every_reason_to_refuse_a_file_is_given_at_once():
+    content = (HEADER + "a.txt,4,invalid UTF-8 bytes in line 4,u1,M\\xfcller\r\n"
+               "a.txt,7,row has 3 fields,u2,a,b\r\n").encode()
+    with pytest.raises(SourceError, match=r"rows whose `line` is 7 are not as wide .*; the rows whose `line` "
+                                          r"is 4 still hold bytes .*; then resend"):
         parse_deadletter(content, "f.csv")
