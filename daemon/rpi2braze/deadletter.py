@@ -202,11 +202,14 @@ class DeadLetterWriter:
             edited = free_name(self.path + ".edited", os.path.lexists)
             os.rename(self.path, edited)
         self._file.flush()
+        private.make_directories(os.path.dirname(self.path))   # the folder may have gone with the file
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW
         restored = os.open(self.path, flags, 0o600)
         offset = 0
         while chunk := os.pread(self._file.fileno(), 1 << 20, offset):
-            os.write(restored, chunk)
+            view = memoryview(chunk)
+            while view:   # a short write (a full disk) must not leave a torn copy
+                view = view[os.write(restored, view):]
             offset += len(chunk)
         os.fsync(restored)
         _fsync_directory(os.path.dirname(self.path))

@@ -109,9 +109,10 @@ def _resent_key(settings: Settings, path: str, content: bytes) -> WorkflowKey:
     for other in records:   # an earlier version of the file, cut short: both would send its rows
         if (other.key.source == SOURCE and other.key != key and other.status not in FINAL_STATUSES
                 and other.key.relpath.startswith(f"{original.channel}/{original.offer}/{workflow_id}.resend-")):
-            raise SourceError(f"{path}: an earlier resend of these rows, {other.key.workflow_id}, did not finish and "
-                              f"the file has changed since; `rpi2braze forget {other.key.workflow_id}` drops it "
-                              "(the rows it delivered are sent again with this file), then run this again")
+            raise SourceError(f"{path}: an earlier resend of this workflow's rows, {other.key.workflow_id}, did not "
+                              "finish: run it again with the file it was given to finish it, or `rpi2braze forget "
+                              f"{other.key.workflow_id}` to drop it (the rows it delivered are then sent again "
+                              "if this file holds them), then run this again")
     return key
 
 

@@ -193,7 +193,7 @@ def test_a_changed_file_waits_for_an_unfinished_resend_to_be_forgotten(delivered
     (copy / "RPI_Export_resend.txt").write_text("external_id\nbad-1\n")
     fix(path, {"not-an-email": "one.fixed@example.com", "12": "+14155550103"})
     refused = rpi2braze(config, "resend", path)
-    assert refused.returncode == 1 and "an earlier resend of these rows, 42.resend-0123456789ab" in refused.stderr
+    assert refused.returncode == 1 and "an earlier resend of this workflow's rows, 42.resend-0123456789ab" in refused.stderr
     forgot = rpi2braze(config, "forget", unfinished.workflow_id)
     assert forgot.returncode == 0 and "and its copy of the rows" in forgot.stdout and not copy.exists()
     assert rpi2braze(config, "resend", path).returncode == 0

@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -343,3 +344,13 @@ def test_a_file_replaced_after_the_last_write_is_put_back_when_the_run_ends(tmp_
         writer.write(FIRST)
         os.unlink(path)
     assert keys(str(path)) == [("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3")]
+
+
+def test_a_file_deleted_with_its_folder_is_put_back_whole(tmp_path):
+    folder = tmp_path / "deadletter" / "drop"
+    path = folder / "w.csv"
+    with DeadLetterWriter(str(path), HEADERS) as writer:
+        writer.write(FIRST)
+        shutil.rmtree(tmp_path / "deadletter")
+        writer.write([rejection(4, ["u3", "c", "O"])])
+    assert keys(str(path)) == [("RPI_Export_1.txt", "2"), ("RPI_Export_1.txt", "3"), ("RPI_Export_1.txt", "4")]
