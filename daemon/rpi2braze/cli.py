@@ -256,7 +256,7 @@ def _chosen(arguments: argparse.Namespace, store):
 
 
 def _not_one_workflow(arguments: argparse.Namespace, records: list, state_path: str) -> str:
-    """Why retry acts on nothing: no workflow of that ID (and source and channel), or several."""
+    """Why retry or forget acts on nothing: no workflow of that ID (and source and channel), or several."""
     named = " ".join(f"--{option} {value!r}" for option in ("source", "channel")
                      if (value := getattr(arguments, option)) is not None)
     if not records:

@@ -46,7 +46,17 @@ KEY_HASH_CHARS = 12
 log = get_logger(__name__)
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
-_CUT_NAME = re.compile(r".*\.csv\.cut(?:\.\d+)?")
+# How a file is set aside: cut short by a crash, an earlier run's, an edit made during delivery.
+CUT, PREVIOUS, EDITED = ".cut", ".previous", ".edited"
+_SET_ASIDE_NAME = re.compile(r"(?P<current>.*\.csv)(?:(?P<kind>\.cut|\.previous|\.edited)(?:\.\d+)?)?")
+
+
+def name_parts(name: str) -> tuple[str, str | None] | None:
+    """Given a file name, return the name of the dead-letter file it is or was set aside from, and
+    how it was set aside (CUT, PREVIOUS, EDITED; None for that file itself); None if it is no
+    dead-letter file's name."""
+    match = _SET_ASIDE_NAME.fullmatch(name)
+    return None if match is None else (match["current"], match["kind"])
 
 
 def deadletter_path(directory: str, key: WorkflowKey) -> str:
@@ -175,7 +185,7 @@ class DeadLetterWriter:
         if finished:
             return descriptor
         os.close(descriptor)
-        _set_aside(self.path, ".cut", "its last record is unfinished (a crash while writing?); a new file is begun")
+        _set_aside(self.path, CUT, "its last record is unfinished (a crash while writing?); a new file is begun")
         return os.open(self.path, flags, 0o600)
 
     def _adopt(self, descriptor: int) -> None:
@@ -199,7 +209,7 @@ class DeadLetterWriter:
             return
         edited = None
         if there is not None:
-            edited = free_name(self.path + ".edited", os.path.lexists)
+            edited = free_name(self.path + EDITED, os.path.lexists)
             os.rename(self.path, edited)
         self._file.flush()
         private.make_directories(os.path.dirname(self.path))   # the folder may have gone with the file
@@ -239,8 +249,7 @@ def _set_aside_earlier_run(path: str) -> None:
     a file is left for the writer to refuse. Raise StateError if one cannot be set aside."""
     directory, name = os.path.split(path)
     try:
-        cut = sorted(entry for entry in os.listdir(directory or ".") if _CUT_NAME.fullmatch(entry)
-                     and entry.startswith(name + "."))
+        cut = sorted(entry for entry in os.listdir(directory or ".") if name_parts(entry) == (name, CUT))
     except OSError:   # no folder yet; one that cannot be listed fails the first write
         cut = []
     for earlier in (path, *(os.path.join(directory, entry) for entry in cut)):
@@ -251,7 +260,7 @@ def _set_aside_earlier_run(path: str) -> None:
         if not (stat.S_ISREG(found.st_mode) and found.st_size):
             continue
         try:
-            _set_aside(earlier, ".previous", "it holds an earlier delivery run's rejections; this run starts "
+            _set_aside(earlier, PREVIOUS, "it holds an earlier delivery run's rejections; this run starts "
                                              "from its first batch and begins a new file", target=path)
         except OSError as error:
             raise StateError(f"cannot set aside dead-letter file {earlier}: {error.strerror or error}") from error

@@ -92,14 +92,14 @@ def _handled_before(state: StateStore, folder: ExportFolder, force: bool, ad_hoc
     `force` sends a workflow delivered, failed or quarantined before. `ad_hoc`: the folder is below
     no configured source (an archived copy, say), so the same channel, offer and ID delivered from
     a source is taken to be this workflow."""
-    existing = state.get(folder.key)
+    key = folder.key
+    existing = state.get(key)
     if force:
         if existing is not None and existing.status in FINAL_STATUSES:
-            state.requeue(folder.key)
+            state.requeue(key)
         return None
-    again = "" if folder.key.source == RESEND_SOURCE else " (--force sends it again)"
+    again = "" if key.source == RESEND_SOURCE else " (--force sends it again)"
     if existing is not None and existing.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED):
-        key = folder.key
         daemon = "" if ad_hoc else (f", or `rpi2braze retry {shlex.quote(key.workflow_id)} --source "
                                     f"{shlex.quote(key.source)} --channel {shlex.quote(key.channel)}` to have "
                                     "the daemon deliver it")
@@ -109,7 +109,6 @@ def _handled_before(state: StateStore, folder: ExportFolder, force: bool, ad_hoc
     if existing is not None and existing.status == WorkflowStatus.DELIVERED:
         print(f"already delivered: {folder.location} ({existing.rows_delivered} rows); not sent again{again}")
         return True
-    key = folder.key
     for record in state.find(key.workflow_id) if ad_hoc else ():
         if ((record.key.channel, record.key.offer) == (key.channel, key.offer) and record.key != key
                 and record.status == WorkflowStatus.DELIVERED):

@@ -41,6 +41,10 @@ SAMPLE_ROWS = 100
 # Lone surrogates only come from surrogateescape, i.e. from bytes the codec could not decode.
 _UNDECODABLE = re.compile("[\udc80-\udcff]")
 _SUSPECT = re.compile("[\x00\udc80-\udcff]")
+# The start of the reasons _row_problem gives, and the \xNN placeholders _escaped writes for the
+# dead-letter file: resent unedited, a placeholder would reach Braze as text (resend_rows.py).
+BYTES_PROBLEM = re.compile(r"invalid .* bytes in line |NUL byte in field ")
+BYTE_PLACEHOLDER = re.compile(r"\\x[0-9a-f]{2}")
 # Codecs whose strict decoding never yields a lone surrogate (tests/unit/test_reader.py checks).
 SURROGATE_FREE_CODECS = frozenset({"utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be",
                                    "utf-32", "utf-32-le", "utf-32-be", "ascii", "iso8859-1",

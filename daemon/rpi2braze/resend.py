@@ -23,8 +23,8 @@ import re
 import shutil
 import sys
 
-from rpi2braze import private
-from rpi2braze.deadletter import workflow_deadletter_path
+from rpi2braze import deadletter, private
+from rpi2braze.deadletter import CUT, EDITED, PREVIOUS
 from rpi2braze.errors import SourceError
 from rpi2braze.model import ExportFolder, WorkflowKey, WorkflowRecord, WorkflowStatus
 from rpi2braze.process import process_folders
@@ -37,11 +37,6 @@ from rpi2braze.state import FINAL_STATUSES, StateStore
 SOURCE = RESEND_SOURCE
 DATA_FILE = "RPI_Export_resend.txt"
 DIGEST_CHARS = 12
-# The dead-letter file's name, without what a crash or a second cut adds (`.cut`, `.cut.1`).
-_DEADLETTER_NAME = re.compile(r"(.*\.[0-9a-f]{12}\.csv)(?:\.cut(?:\.\d+)?)?")
-_EARLIER_RUN = re.compile(r".*\.csv\.previous(?:\.\d+)?")
-_EDITED = re.compile(r".*\.csv\.edited(?:\.\d+)?")
-_CUT = re.compile(r".*\.csv\.cut(?:\.\d+)?")
 _RESENT_ID = re.compile(r"\.resend-[0-9a-f]{12}$")
 _FIXED_MTIME = 0   # the prepared file's identity is its content: a rerun resumes, never restarts
 
@@ -50,10 +45,12 @@ def resend_file(settings: Settings, path: str) -> int:
     """Deliver the rows of the dead-letter file at `path`; return process_folders' exit code,
     or 1 after printing why if the file is not a dead-letter file of a workflow in the state file."""
     base = os.path.join(settings.state.directory, SOURCE)
+    records = _all_records(settings.state.path)
     try:
+        current, kind = _current_file(path)
         content = _read(path)
-        header, rows = parse_deadletter(content, path, cut_short=_CUT.fullmatch(os.path.basename(path)) is not None)
-        key = _resent_key(settings, path, content)
+        header, rows = parse_deadletter(content, path, cut_short=kind == CUT)
+        key = _resent_key(settings, path, current, content, records)
         folder = _prepare(base, key, header, rows)
     except SourceError as error:
         print(f"rpi2braze: {error}", file=sys.stderr)
@@ -65,7 +62,8 @@ def resend_file(settings: Settings, path: str) -> int:
     export = ExportFolder(key, settings.channels[key.channel], entries, folder)
     print(f"resending {len(rows)} rows of {path} as {SOURCE}: {key.relpath}")
     # The same file again after its resend failed or was quarantined is the operator's retry.
-    again = _status(settings.state.path, key) in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED)
+    again = any(record.key == key and record.status in (WorkflowStatus.FAILED, WorkflowStatus.QUARANTINED)
+                for record in records)
     code = process_folders(settings, [folder], resolve=lambda _: (export, source, source_settings), force=again)
     if code == 0:   # delivered; otherwise a second run, or another process at it now, reads the same bytes
         shutil.rmtree(folder, ignore_errors=True)
@@ -80,19 +78,25 @@ def _read(path: str) -> bytes:
         raise SourceError(f"{path}: cannot read: {error.strerror}") from None
 
 
-def _resent_key(settings: Settings, path: str, content: bytes) -> WorkflowKey:
-    """The key the rows of `path` are resent under. Raise SourceError if no workflow of the
-    state file has a dead-letter file of that name."""
-    if _EDITED.fullmatch(os.path.basename(path)):
+def _current_file(path: str) -> tuple[str, str | None]:
+    """The name of the dead-letter file `path` is, and how it was set aside (deadletter.name_parts).
+    Raise SourceError for a file set aside that must not be resent."""
+    parts = deadletter.name_parts(os.path.basename(path))
+    if parts is not None and parts[1] == EDITED:
         raise SourceError(f"{path}: an edit saved while the workflow was being delivered, set aside then: it "
                           "may lack rows written since; make the same fixes in the file `status` names")
-    if _EARLIER_RUN.fullmatch(os.path.basename(path)):
+    if parts is not None and parts[1] == PREVIOUS:
         raise SourceError(f"{path}: an earlier delivery run's file, set aside when the workflow was sent again: "
                           "its rows may be older than what that later run delivered; resend the current file")
-    match = _DEADLETTER_NAME.fullmatch(os.path.basename(path))
-    records = _all_records(settings.state.path)
-    record = match and next((record for record in records if os.path.basename(
-        workflow_deadletter_path(settings.state.directory, record.key)) == match[1]), None)
+    return parts or (os.path.basename(path), None)
+
+
+def _resent_key(settings: Settings, path: str, current: str, content: bytes,
+                records: list[WorkflowRecord]) -> WorkflowKey:
+    """The key the rows of `path`, dead-letter file `current`, are resent under. Raise SourceError
+    if no workflow of the state file has a dead-letter file of that name, or it is not finished."""
+    record = next((record for record in records if os.path.basename(
+        deadletter.workflow_deadletter_path(settings.state.directory, record.key)) == current), None)
     if not record:
         raise SourceError(f"{path}: no workflow in {settings.state.path} has a dead-letter file of that "
                           "name (resend takes the file `status` names, fixed, under its own name)")
@@ -114,12 +118,6 @@ def _resent_key(settings: Settings, path: str, content: bytes) -> WorkflowKey:
                               f"{other.key.workflow_id}` to drop it (the rows it delivered are then sent again "
                               "if this file holds them), then run this again")
     return key
-
-
-def _status(state_path: str, key: WorkflowKey) -> WorkflowStatus | None:
-    with StateStore(state_path) as store:
-        record = store.get(key)
-    return record and record.status
 
 
 def _all_records(state_path: str) -> list[WorkflowRecord]:

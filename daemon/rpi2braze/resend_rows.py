@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 
 from rpi2braze.deadletter import DEADLETTER_COLUMNS
 from rpi2braze.errors import SourceError
 from rpi2braze.normalize import header_key
+from rpi2braze.reader import BYTE_PLACEHOLDER, BYTES_PROBLEM
 
 # A spreadsheet saving the file may change its delimiter to its locale's.
 DELIMITERS = (",", ";", "\t")
-# Rows the reader could not decode are written with those bytes as \xNN (reader.py); resent
-# unedited, the placeholder would reach Braze as text.
-_BYTES_REASON = re.compile(r"invalid .* bytes in line |NUL byte in field ")
-_BYTE_PLACEHOLDER = re.compile(r"\\x[0-9a-f]{2}")
 _SHOWN_LINES = 5
 
 
@@ -79,7 +75,7 @@ def _problem(records: list[list[str]], wrong, why: str) -> str | None:
 
 
 def _holds_placeholders(record: list[str]) -> bool:
-    return bool(_BYTES_REASON.match(record[2])) and any(_BYTE_PLACEHOLDER.search(value) for value in record[3:])
+    return bool(BYTES_PROBLEM.match(record[2])) and any(BYTE_PLACEHOLDER.search(value) for value in record[3:])
 
 
 def _folded(header: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
